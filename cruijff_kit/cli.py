@@ -1,0 +1,82 @@
+"""`ck`: one command whose verbs are the steps of the workflow.
+
+Each verb lives in `cruijff_kit/commands/<verb>.py` exposing `configure(parser)` and
+`run(args) -> int`. Modules are imported only when their verb is used, so `ck --help`
+stays fast (torch is never imported for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cruijff_kit.errors import CkError
+
+# verb -> (module under cruijff_kit.commands, one-line help). Order is the workflow's.
+VERBS: dict[str, tuple[str, str]] = {
+    "generate": ("generate", "generate a sanity-check dataset (bit-sequences)"),
+    "design": ("design", "plan an experiment: write experiment_summary.md and design-experiment.log"),
+    "scaffold": ("scaffold", "create one directory per run with setup_finetune.yaml, finetune.yaml, finetune.slurm"),
+    "run": ("run", "submit the scaffolded runs (SLURM or local) and monitor them until they end"),
+    "status": ("status", "one-shot view of an experiment's jobs"),
+    "summarize": ("summarize", "per-run numbers, plots and a PASS/FAIL/INCONCLUSIVE verdict"),
+    "sanity-check": ("sanity_check", "design -> scaffold -> run -> summarize in one command"),
+    "config": ("config", "show or set settings (scratch dir, models dir, SLURM account, ...)"),
+    "log": ("log", "append an entry to an experiment's workflow log"),
+    "models": ("models", "build the embedded tiny model"),
+}
+
+
+class NotBuiltYet(Exception):
+    pass
+
+
+def _load(verb: str):
+    module_name, _ = VERBS[verb]
+    try:
+        return importlib.import_module(f"cruijff_kit.commands.{module_name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"cruijff_kit.commands.{module_name}":
+            raise NotBuiltYet(verb) from None
+        raise
+
+
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ck",
+        description="cruijff_kit: plan, scaffold, launch, monitor and judge fine-tuning sanity checks.",
+        epilog="Workflow: ck generate -> ck design -> ck scaffold -> ck run -> ck summarize "
+        "(or all at once: ck sanity-check bit_sequences). `ck VERB --help` for each verb.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name, (_, help_text) in VERBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == verb:
+            _load(name).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb not in VERBS:
+        verb = None
+    try:
+        parser = build_parser(verb)
+    except NotBuiltYet as exc:
+        print(f"ck {exc}: not built yet in this version of cruijff_kit", file=sys.stderr)
+        return 3
+    args = parser.parse_args(argv)
+    try:
+        return int(_load(args.verb).run(args) or 0)
+    except CkError as err:
+        print(f"ck {args.verb}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"ck {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

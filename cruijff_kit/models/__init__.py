@@ -1,0 +1,1 @@
+"""Models the toolkit knows how to render configs for (see registry.py)."""
