@@ -1,0 +1,83 @@
+"""`ck run EXP_DIR`: submit the scaffolded runs (SLURM or local processes) and monitor them to the end."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cruijff_kit.errors import CkError
+from cruijff_kit.monitor import DEFAULT_POLL, RunStateFile, run_experiment
+from cruijff_kit.settings import load_settings
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Submit every scaffolded run of EXP_DIR that has no job yet, record the job ids in "
+        "EXP_DIR/.ck-run-state.json and run-experiment.log, and show a live table (run, job id, state, "
+        "elapsed, last step and loss) until every job has ended. Ctrl-C or --detach leaves the jobs "
+        "running; `ck run --resume EXP_DIR` reattaches without submitting anything twice. "
+        "Exit code 0 only if every run COMPLETED (with --detach: if every submission succeeded).")
+    parser.epilog = "examples: ck run EXP_DIR --executor slurm --max-submit 4   |   ck run --resume EXP_DIR"
+    parser.add_argument("exp_dir", metavar="EXP_DIR", help="experiment directory (holds experiment_summary.md and one dir per run)")
+    parser.add_argument("--executor", choices=("local", "slurm"), default=None,
+                        help="slurm: sbatch each run's finetune.slurm; local: run it as a local process "
+                             "(default: the executor already recorded for EXP_DIR's jobs, else the `executor` "
+                             "setting, see `ck config show`)")
+    parser.add_argument("--max-submit", type=_positive_int, metavar="N", default=None,
+                        help="at most N jobs of this experiment queued or running at once; the rest are "
+                             "submitted as earlier ones end (for clusters with a queue cap)")
+    parser.add_argument("--stagger", type=_seconds, metavar="S", default=0.0, help="seconds between submissions (default 0)")
+    parser.add_argument("--poll", type=_seconds, metavar="S", default=None,
+                        help=f"seconds between status polls (default {DEFAULT_POLL:g}; one squeue per poll for all jobs)")
+    parser.add_argument("--detach", action="store_true", help="submit, then return at once leaving the jobs running")
+    parser.add_argument("--resume", action="store_true", help="reattach to the jobs recorded in EXP_DIR/.ck-run-state.json")
+    parser.add_argument("--retry-oom", type=int, metavar="N", default=0,
+                        help="resubmit a run that ran out of GPU memory up to N times, halving batch_size each time (default 0)")
+    parser.add_argument("--lost-after", type=_seconds, metavar="S", default=None,
+                        help="call a job LOST when no scheduler query knows its id for S seconds (default max(60, 3 x poll))")
+    parser.add_argument("--no-live", dest="live", action="store_false", help="no live table; only state changes and the end")
+
+
+def run(args: argparse.Namespace) -> int:
+    # jobs already recorded keep the executor they were submitted with, unless a flag says otherwise
+    executor = args.executor or (RunStateFile.load(Path(args.exp_dir)).executor if Path(args.exp_dir).is_dir() else None)
+    settings = load_settings()
+    executor = executor or settings.executor
+    if args.retry_oom < 0:
+        raise CkError("--retry-oom", args.retry_oom, "must be >= 0", "e.g. --retry-oom 1")
+    poll = args.poll if args.poll is not None else DEFAULT_POLL
+    if poll <= 0:
+        raise CkError("--poll", poll, "must be > 0 seconds", "e.g. --poll 15")
+    states = run_experiment(args.exp_dir, executor=executor, max_submit=args.max_submit, stagger=args.stagger,
+                            poll=poll, detach=args.detach, resume=args.resume, live=args.live,
+                            retry_oom=args.retry_oom, lost_after=args.lost_after, max_local_jobs=settings.max_local_jobs)
+    failed = {run: state for run, state in states.items() if state in ("SUBMIT_FAILED",) or
+              (not args.detach and state != "COMPLETED") or (args.detach and state in _FAILED)}
+    if failed:
+        print("not completed: " + ", ".join(f"{run}={state}" for run, state in failed.items()))
+        return 1
+    return 0
+
+
+_FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+           "DEADLINE", "LOST", "SUBMIT_FAILED", "OOM"}

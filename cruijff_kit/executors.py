@@ -1,0 +1,501 @@
+"""Where jobs run: one interface, two executors.
+
+    executor = make_executor("slurm")                # or LocalExecutor(state_dir, max_jobs=2)
+    job_id = executor.submit(run_dir)                # runs <run_dir>/finetune.slurm; SubmitError if refused
+    infos = executor.states([job_id, ...])           # {job_id: JobInfo(state, exit_code, reason)}, one query
+    executor.cancel([job_id])
+
+Both read the same finetune.slurm (docs/ARCHITECTURE.md): SLURM gets it through `sbatch --parsable`;
+the local executor runs `bash finetune.slurm` in the run directory and sends its stdout+stderr to
+the file named by `#SBATCH --output` (with %j = the local job id), as SLURM would.
+
+States are SLURM's names. `UNKNOWN` means no query knows the id (yet); the monitor turns it into
+LOST after a grace period.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cruijff_kit.errors import CkError
+from cruijff_kit.fsutil import atomic_write_json
+
+SCRIPT_NAME = "finetune.slurm"
+
+LIVE_STATES = frozenset({"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "REQUEUED",
+                         "RESIZING", "SIGNALING", "STAGE_OUT", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"})
+TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+                             "PREEMPTED", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED",
+                             # ours: no query knows the id / sbatch refused it / FAILED with a CUDA OOM in its log
+                             "LOST", "SUBMIT_FAILED", "OOM"})
+UNKNOWN = "UNKNOWN"
+
+
+def normalize_state(raw: str) -> str:
+    """`CANCELLED by 0` -> CANCELLED, `CANCELLED+` -> CANCELLED; SLURM's names otherwise unchanged."""
+    text = raw.strip().split()[0] if raw.strip() else UNKNOWN
+    return text.rstrip("+").upper()
+
+
+def is_terminal(state: str) -> bool:
+    return state in TERMINAL_STATES
+
+
+@dataclass
+class JobInfo:
+    job_id: str
+    state: str
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class SubmitError(Exception):
+    """The scheduler refused the job; str() is its own message (e.g. sbatch's stderr)."""
+
+
+# ---------------------------------------------------------------- reading finetune.slurm
+
+_SBATCH_RE = re.compile(r"^#SBATCH\s+(.*)$")
+
+
+def sbatch_options(script: Path) -> dict[str, str]:
+    """The `#SBATCH --key=value` / `--key value` / `-o value` lines before the first command."""
+    short = {"-o": "output", "-e": "error", "-t": "time", "-J": "job-name"}
+    options: dict[str, str] = {}
+    for line in script.read_text().splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break  # sbatch stops reading options at the first command
+        m = _SBATCH_RE.match(stripped)
+        if not m:
+            continue
+        words = shlex.split(m.group(1), comments=True)
+        if not words:
+            continue
+        key, value = words[0], " ".join(words[1:])
+        if key.startswith("--"):
+            if "=" in key:
+                key, value = key.split("=", 1)
+            options[key[2:]] = value
+        elif key[:2] in short:
+            options[short[key[:2]]] = key[2:] or value
+    return options
+
+
+def expand_pattern(pattern: str, job_id: str, job_name: str) -> str:
+    """SLURM's filename pattern: %j job id, %x job name, %u user, %% a percent sign."""
+    user = os.environ.get("USER") or str(os.getuid())
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern[i] == "%" and i + 1 < len(pattern):
+            code = pattern[i + 1]
+            out.append({"j": job_id, "x": job_name, "u": user, "%": "%"}.get(code, "%" + code))
+            i += 2
+        else:
+            out.append(pattern[i])
+            i += 1
+    return "".join(out)
+
+
+def job_log_path(run_dir: Path, job_id: str) -> Path:
+    """Where the job's stdout goes: `#SBATCH --output` with %j filled in (SLURM's default otherwise)."""
+    script = Path(run_dir) / SCRIPT_NAME
+    options = sbatch_options(script)
+    pattern = options.get("output", "slurm-%j.out")
+    path = Path(expand_pattern(pattern, job_id, options.get("job-name", SCRIPT_NAME)))
+    return path if path.is_absolute() else Path(run_dir) / path
+
+
+def time_limit_seconds(text: str) -> int | None:
+    """SLURM --time: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S; None for none/unlimited."""
+    text = text.strip()
+    if not text or text.upper() in ("UNLIMITED", "INFINITE"):
+        return None
+    days = 0
+    if "-" in text:
+        day_text, text = text.split("-", 1)
+        days = int(day_text)
+        parts = [int(x) for x in text.split(":")]
+        h, m, s = (parts + [0, 0])[:3]
+    else:
+        parts = [int(x) for x in text.split(":")]
+        if len(parts) == 1:
+            h, m, s = 0, parts[0], 0
+        elif len(parts) == 2:
+            h, m, s = 0, parts[0], parts[1]
+        else:
+            h, m, s = parts
+    return days * 86400 + h * 3600 + m * 60 + s
+
+
+def _check_run_dir(run_dir: Path) -> Path:
+    script = Path(run_dir) / SCRIPT_NAME
+    if not script.is_file():
+        raise CkError("run_dir", str(run_dir), f"has no {SCRIPT_NAME}", "run `ck scaffold EXP_DIR` first")
+    return script
+
+
+# ---------------------------------------------------------------- the interface
+
+
+class Executor(ABC):
+    name: str
+
+    @abstractmethod
+    def submit(self, run_dir: Path) -> str:
+        """Start (or queue) the run's finetune.slurm; return the job id. SubmitError if refused."""
+
+    @abstractmethod
+    def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        """The state of every id, with a bounded number of queries (one in the common case)."""
+
+    @abstractmethod
+    def cancel(self, job_ids: list[str]) -> None:
+        """Ask for the jobs to stop; their state becomes CANCELLED."""
+
+    def log_path(self, run_dir: Path, job_id: str) -> Path:
+        return job_log_path(run_dir, job_id)
+
+
+# ---------------------------------------------------------------- SLURM
+
+
+class SlurmExecutor(Executor):
+    """sbatch / squeue / sacct / scancel through subprocess.
+
+    sbatch is called directly (not through simple-slurm): the script already exists, and we need
+    sbatch's stderr verbatim when it refuses a job, which simple-slurm does not pass on.
+    Polling: one `squeue -t all` for every id (it also reports finished jobs the controller still
+    holds, with exit codes — the same records `scontrol show job` reads); only ids it no longer
+    knows go to one sacct call (plain sacct if accounting runs, else `sacct -c`, the
+    job-completion file).
+    """
+
+    name = "slurm"
+
+    def __init__(self, timeout: float = 60.0):
+        self.timeout = timeout
+        self._sacct_mode: str | None = None  # "db" or "jobcomp" once known
+        self.query_count = 0  # scheduler commands run by states(); the benchmark reads it
+
+    def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=self.timeout)
+        except FileNotFoundError:
+            raise CkError("executor", "slurm", f"`{argv[0]}` not found on PATH",
+                          "run on a SLURM login node, start scripts/slurm-local, or use --executor local") from None
+        except subprocess.TimeoutExpired:
+            raise CkError(argv[0], " ".join(argv[1:3]), f"no answer within {self.timeout:.0f} s",
+                          "check the controller: `sinfo` or `scripts/slurm-local status`") from None
+
+    def submit(self, run_dir: Path) -> str:
+        script = _check_run_dir(run_dir)
+        options = sbatch_options(script)
+        for key in ("output", "error"):
+            if key in options:
+                parent = Path(run_dir, options[key]).parent  # absolute paths replace run_dir
+                if "%" not in str(parent):
+                    parent.mkdir(parents=True, exist_ok=True)  # sbatch does not create it: the job would fail silently
+        proc = self._run(["sbatch", "--parsable", SCRIPT_NAME], cwd=Path(run_dir))
+        if proc.returncode != 0:
+            message = " ".join((proc.stderr.strip() or proc.stdout.strip() or f"sbatch exited {proc.returncode}").split())
+            raise SubmitError(message)
+        job_id = proc.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise SubmitError(f"sbatch printed no job id: {proc.stdout.strip()!r} {proc.stderr.strip()!r}")
+        return job_id
+
+    def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        ids = [str(j) for j in job_ids]
+        if not ids:
+            return {}
+        found = self._squeue(ids)
+        missing = [j for j in ids if j not in found]
+        if missing:
+            found.update(self._sacct(missing))
+        return {j: found.get(j, JobInfo(j, UNKNOWN, reason="no squeue or sacct record")) for j in ids}
+
+    def _squeue(self, ids: list[str]) -> dict[str, JobInfo]:
+        self.query_count += 1
+        proc = self._run(["squeue", "--noheader", "--states=all", "--jobs=" + ",".join(ids),
+                          "--Format=JobID:|,State:|,Reason:|,exit_code:|"])
+        if proc.returncode != 0:
+            if "Invalid job id" in proc.stderr:
+                return {}  # a single unknown id makes squeue fail instead of printing nothing
+            raise CkError("squeue", proc.returncode, " ".join(proc.stderr.split()) or "failed",
+                          "check the controller: `scripts/slurm-local status` or `sinfo`")
+        out: dict[str, JobInfo] = {}
+        for line in proc.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) < 4 or parts[0].strip() not in ids:
+                continue
+            job_id, state, reason, code = (p.strip() for p in parts[:4])
+            state = normalize_state(state)
+            out[job_id] = JobInfo(job_id, state, _wait_status_exit_code(code) if is_terminal(state) else None,
+                                  "" if reason in ("None", "") else reason)
+        return out
+
+    def _sacct(self, ids: list[str]) -> dict[str, JobInfo]:
+        base = ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=" + ",".join(ids),
+                "--format=JobID,State,ExitCode"]
+        modes = [self._sacct_mode] if self._sacct_mode else ["db", "jobcomp"]
+        for mode in modes:
+            self.query_count += 1
+            proc = self._run(base + (["--completion"] if mode == "jobcomp" else []))
+            if proc.returncode == 0:
+                self._sacct_mode = mode
+                return self._parse_sacct(proc.stdout, ids)
+        return {}
+
+    @staticmethod
+    def _parse_sacct(text: str, ids: list[str]) -> dict[str, JobInfo]:
+        out: dict[str, JobInfo] = {}
+        for line in text.splitlines():
+            parts = line.split("|")
+            if len(parts) < 3 or parts[0] not in ids:
+                continue
+            state = normalize_state(parts[1])
+            out[parts[0]] = JobInfo(parts[0], state, _exit_code(parts[2]), parts[1] if parts[1] != state else "")
+        return out
+
+    def cancel(self, job_ids: list[str]) -> None:
+        if job_ids:
+            proc = self._run(["scancel", *map(str, job_ids)])
+            if proc.returncode != 0:
+                raise CkError("scancel", " ".join(map(str, job_ids)), " ".join(proc.stderr.split()), "check the ids with `squeue`")
+
+
+def _wait_status_exit_code(text: str) -> int | None:
+    """squeue's exit_code is the raw wait status: exit code in the high byte, signal in the low bits."""
+    try:
+        status = int(text.strip())
+    except ValueError:
+        return _exit_code(text)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status) if os.WIFEXITED(status) else status
+
+
+def _exit_code(text: str) -> int | None:
+    """SLURM's `exit:signal` -> the exit code (128+signal when a signal ended it)."""
+    text = text.strip()
+    if not text:
+        return None
+    code, _, sig = text.partition(":")
+    try:
+        code_i, sig_i = int(code), int(sig or 0)
+    except ValueError:
+        return None
+    return 128 + sig_i if code_i == 0 and sig_i else code_i
+
+
+# ---------------------------------------------------------------- local processes
+
+# The job's process group leader. It runs the payload with the job's log as stdout+stderr and
+# writes the exit code to a file (atomically) when it ends; a watchdog enforces `#SBATCH --time`
+# like SLURM (TERM to the whole group, KILL 10 s later) and leaves a marker so the state is TIMEOUT.
+_WRAPPER = r"""
+script=$1 out=$2 err=$3 exitfile=$4 limit=$5 marker=$6
+if [ "$limit" -gt 0 ]; then
+    ( sleep "$limit"; trap '' TERM; : > "$marker"; kill -TERM -- -$$; sleep 10; kill -KILL -- -$$ ) &
+    watchdog=$!
+fi
+if [ "$out" = "$err" ]; then bash "$script" >> "$out" 2>&1; else bash "$script" >> "$out" 2>> "$err"; fi
+rc=$?
+echo "$rc" > "$exitfile.tmp" && mv "$exitfile.tmp" "$exitfile"
+[ -n "${watchdog:-}" ] && kill "$watchdog" 2>/dev/null
+exit "$rc"
+"""
+
+
+@dataclass
+class LocalJob:
+    job_id: str
+    run_dir: str
+    output: str
+    error: str
+    time_limit: int | None
+    submitted_at: float
+    pid: int | None = None
+    proc_start: str | None = None  # /proc/<pid>/stat start time: a reused pid is not our job
+    started_at: float | None = None
+    ended_at: float | None = None
+    cancelled: bool = False
+    final: JobInfo | None = None
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat, or None when the process is gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return fields[19]
+
+
+class LocalExecutor(Executor):
+    """Runs jobs as local process groups, at most `max_jobs` at once, the rest PENDING.
+
+    Everything (job table, pending queue, exit codes) is kept in `state_dir`, so jobs outlive the
+    process that started them and any later LocalExecutor on the same directory picks up where it
+    left off: queued jobs are started by whichever process calls states() next.
+    """
+
+    name = "local"
+
+    def __init__(self, state_dir: str | os.PathLike, max_jobs: int = 2):
+        if max_jobs < 1:
+            raise CkError("max_local_jobs", max_jobs, "must be >= 1", "e.g. 2")
+        self.state_dir = Path(state_dir)
+        self.max_jobs = max_jobs
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._table = self.state_dir / "jobs.json"
+        self._children: dict[int, subprocess.Popen] = {}  # ours to reap, so they never linger as zombies
+
+    # -- the persisted job table, read-modify-written under a lock
+
+    @contextmanager
+    def _locked(self):
+        with open(self.state_dir / "jobs.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = json.loads(self._table.read_text()) if self._table.exists() else {"next_id": 1, "jobs": {}}
+            jobs = {k: LocalJob(**{**v, "final": JobInfo(**v["final"]) if v.get("final") else None})
+                    for k, v in data["jobs"].items()}
+            yield data, jobs
+            data["jobs"] = {k: asdict(v) for k, v in jobs.items()}
+            atomic_write_json(self._table, data)
+
+    def _exitfile(self, job_id: str) -> Path:
+        return self.state_dir / f"{job_id}.exitcode"
+
+    def _marker(self, job_id: str) -> Path:
+        return self.state_dir / f"{job_id}.timeout"
+
+    # -- interface
+
+    def submit(self, run_dir: Path) -> str:
+        run_dir = Path(run_dir).resolve()
+        script = _check_run_dir(run_dir)
+        options = sbatch_options(script)
+        with self._locked() as (data, jobs):
+            job_id = f"local-{data['next_id']}"
+            data["next_id"] += 1
+            output = job_log_path(run_dir, job_id)
+            error = Path(expand_pattern(options["error"], job_id, options.get("job-name", SCRIPT_NAME))) \
+                if "error" in options else output
+            error = error if error.is_absolute() else run_dir / error
+            jobs[job_id] = LocalJob(job_id, str(run_dir), str(output), str(error),
+                                    time_limit_seconds(options.get("time", "")), time.time())
+            self._start_pending(jobs)
+        return job_id
+
+    def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
+        for pid, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[pid]
+        with self._locked() as (_, jobs):
+            for job in jobs.values():
+                self._refresh(job)
+            self._start_pending(jobs)
+            return {j: (self._info(jobs[j]) if j in jobs else JobInfo(j, UNKNOWN, reason="not in the local job table"))
+                    for j in map(str, job_ids)}
+
+    def cancel(self, job_ids: list[str]) -> None:
+        with self._locked() as (_, jobs):
+            for job_id in map(str, job_ids):
+                job = jobs.get(job_id)
+                if job is None or job.final is not None:
+                    continue
+                job.cancelled = True
+                if job.pid is not None and _proc_start_time(job.pid) == job.proc_start:
+                    try:
+                        os.killpg(job.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                self._refresh(job)
+            self._start_pending(jobs)
+
+    # -- mechanics
+
+    def _start_pending(self, jobs: dict[str, LocalJob]) -> None:
+        running = sum(1 for j in jobs.values() if j.pid is not None and j.final is None)
+        for job in sorted(jobs.values(), key=lambda j: int(j.job_id.split("-")[1])):
+            if running >= self.max_jobs:
+                break
+            if job.pid is None and job.final is None and not job.cancelled:
+                self._launch(job)
+                running += 1
+
+    def _launch(self, job: LocalJob) -> None:
+        Path(job.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(job.error).parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "CK_JOB_ID": job.job_id}
+        argv = ["bash", "-c", _WRAPPER, "ck-local-job", SCRIPT_NAME, job.output, job.error,
+                str(self._exitfile(job.job_id)), str(job.time_limit or 0), str(self._marker(job.job_id))]
+        child = subprocess.Popen(argv, cwd=job.run_dir, env=env, stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self._children[child.pid] = child
+        job.pid = child.pid
+        job.proc_start = _proc_start_time(child.pid)
+        job.started_at = time.time()
+
+    def _refresh(self, job: LocalJob) -> None:
+        if job.final is not None:
+            return
+        if job.pid is None:
+            if job.cancelled:
+                job.final, job.ended_at = JobInfo(job.job_id, "CANCELLED", None, "cancelled while pending"), time.time()
+            return
+        exitfile = self._exitfile(job.job_id)
+        alive = job.proc_start is not None and _proc_start_time(job.pid) == job.proc_start
+        if alive and not exitfile.exists():
+            return
+        if alive:  # exit code written, the wrapper is finishing: wait for the next poll
+            return
+        code = int(exitfile.read_text().strip()) if exitfile.exists() else None
+        job.ended_at = exitfile.stat().st_mtime if exitfile.exists() else time.time()
+        if self._marker(job.job_id).exists():
+            job.final = JobInfo(job.job_id, "TIMEOUT", code, f"time limit of {job.time_limit} s reached")
+        elif job.cancelled:
+            job.final = JobInfo(job.job_id, "CANCELLED", code, "cancelled")
+        elif code is None:
+            job.final = JobInfo(job.job_id, "FAILED", None, "the process ended without writing its exit code (killed?)")
+        else:
+            job.final = JobInfo(job.job_id, "COMPLETED" if code == 0 else "FAILED", code)
+
+    @staticmethod
+    def _info(job: LocalJob) -> JobInfo:
+        if job.final is not None:
+            return job.final
+        return JobInfo(job.job_id, "PENDING" if job.pid is None else "RUNNING",
+                       reason="waiting for a free local slot" if job.pid is None else "")
+
+    def job_times(self, job_id: str) -> tuple[float | None, float | None]:
+        """(started_at, ended_at) as unix times, for elapsed-time display."""
+        with self._locked() as (_, jobs):
+            job = jobs.get(job_id)
+            return (job.started_at, job.ended_at) if job else (None, None)
+
+
+def make_executor(kind: str, *, state_dir: str | os.PathLike | None = None, max_jobs: int | None = None) -> Executor:
+    if kind == "slurm":
+        return SlurmExecutor()
+    if kind == "local":
+        if state_dir is None:
+            raise ValueError("the local executor needs a state_dir")
+        return LocalExecutor(state_dir, max_jobs or 2)
+    raise CkError("executor", kind, "unknown executor", "use local or slurm")

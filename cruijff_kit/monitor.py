@@ -1,0 +1,580 @@
+"""Step 3: submit an experiment's scaffolded runs and watch them until every job has ended.
+
+    states = run_experiment(exp_dir, executor="slurm", max_submit=4, poll=15)   # {run: final state}
+
+What it keeps where:
+- `<exp_dir>/.ck-run-state.json` (atomic): per run its job id, state, exit code and earlier attempts.
+  A run with a job id is never submitted again, so a killed monitor is resumed with
+  `ck run --resume EXP_DIR` without duplicates.
+- `<exp_dir>/run-experiment.log`: SUBMIT_JOB, STATE_CHANGE, ALL_SUBMITTED, ALL_COMPLETE, DETACH,
+  RESUME and every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, ...).
+- `## Jobs` of `<exp_dir>/experiment_summary.md`: the job table.
+
+Polling is one executor.states() call per poll for all live jobs (one squeue on SLURM).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+import yaml
+
+from cruijff_kit import explog
+from cruijff_kit.errors import CkError
+from cruijff_kit.executors import (
+    SCRIPT_NAME, UNKNOWN, Executor, JobInfo, LocalExecutor, SubmitError, is_terminal, job_log_path,
+    make_executor, sbatch_options,
+)
+from cruijff_kit.fsutil import atomic_write_json, atomic_write_text
+from cruijff_kit.markdown_sections import set_section
+
+STATE_NAME = ".ck-run-state.json"
+LOCAL_STATE_DIR = ".ck-local-jobs"
+SUMMARY_NAME = "experiment_summary.md"
+JOBS_HEADING = "Jobs"
+DEFAULT_POLL = 15.0
+LOG_TAIL_LINES = 15
+OOM_RE = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
+
+
+# ---------------------------------------------------------------- the experiment's runs
+
+
+def scaffolded_runs(exp_dir: Path) -> list[tuple[str, Path]]:
+    """(run name, run dir) of every run with a finetune.slurm, in plan order.
+
+    With a plan (experiment_summary.md holding `## Plan`) the plan names the runs; otherwise
+    every sub-directory holding a finetune.slurm is a run (hand-made experiments).
+    """
+    summary = exp_dir / SUMMARY_NAME
+    if summary.is_file() and re.search(r"^## Plan[ \t]*$", summary.read_text(), flags=re.M):
+        from cruijff_kit.experiment import Experiment  # pydantic: only when there is a plan
+
+        exp = Experiment.load(exp_dir)
+        candidates = [(run.name, Path(exp.run_dir(run.name))) for run in exp.runs]
+    else:
+        candidates = sorted((p.parent.name, p.parent) for p in exp_dir.glob(f"*/{SCRIPT_NAME}"))
+    return [(name, run_dir) for name, run_dir in candidates if (run_dir / SCRIPT_NAME).is_file()]
+
+
+def run_output_dir(run_dir: Path) -> Path:
+    """The run's output_dir: where `#SBATCH --output` puts the job log (docs/ARCHITECTURE.md)."""
+    output = sbatch_options(run_dir / SCRIPT_NAME).get("output", "slurm-%j.out")
+    return (run_dir / output).parent
+
+
+def last_train_metrics(metrics_path: Path, tail_bytes: int = 65536) -> tuple[int, float] | None:
+    """(step, loss) of the latest `"event": "train"` line; a half-written last line is skipped."""
+    try:
+        with open(metrics_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - tail_bytes))
+            chunk = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(chunk.splitlines()):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("event") == "train" and "step" in record and "loss" in record:
+            return int(record["step"]), float(record["loss"])
+    return None
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES, tail_bytes: int = 65536) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - tail_bytes))
+            text = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return text.splitlines()[-lines:]
+
+
+# ---------------------------------------------------------------- the state file
+
+
+@dataclass
+class RunState:
+    job_id: str | None = None
+    state: str = "NOT_SUBMITTED"
+    exit_code: int | None = None
+    message: str = ""
+    submitted_at: float | None = None
+    running_since: float | None = None
+    ended_at: float | None = None
+    first_unknown_at: float | None = None
+    oom_retries: int = 0
+    attempts: list | None = None  # earlier (job_id, state, exit_code) of this run
+
+    def elapsed(self, now: float) -> float | None:
+        if self.running_since is None:
+            return None
+        return (self.ended_at or now) - self.running_since
+
+
+class RunStateFile:
+    def __init__(self, exp_dir: Path):
+        self.path = exp_dir / STATE_NAME
+        self.executor: str | None = None
+        self.runs: dict[str, RunState] = {}
+
+    @classmethod
+    def load(cls, exp_dir: Path) -> "RunStateFile":
+        self = cls(exp_dir)
+        if self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+                self.executor = data["executor"]
+                self.runs = {name: RunState(**fields) for name, fields in data["runs"].items()}
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CkError(STATE_NAME, str(self.path), f"unreadable ({exc.__class__.__name__}: {exc})",
+                              "restore it from the job ids in run-experiment.log, or delete it to resubmit everything") from None
+        return self
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self) -> None:
+        atomic_write_json(self.path, {
+            "version": 1,
+            "executor": self.executor,
+            "updated": _dt.datetime.now().isoformat(timespec="seconds"),
+            "runs": {name: vars(run) for name, run in self.runs.items()},
+        })
+
+
+# ---------------------------------------------------------------- output
+
+
+def _fmt_elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def job_rows(runs: list[tuple[str, Path]], state: RunStateFile, now: float | None = None) -> list[dict]:
+    now = now or time.time()
+    rows = []
+    for name, run_dir in runs:
+        run = state.runs.get(name, RunState())
+        metrics = last_train_metrics(run_output_dir(run_dir) / "logs" / "metrics.jsonl")
+        rows.append({
+            "run": name, "job_id": run.job_id, "state": run.state, "exit_code": run.exit_code,
+            "elapsed": _fmt_elapsed(run.elapsed(now)),
+            "step": metrics[0] if metrics else None, "loss": metrics[1] if metrics else None,
+            "message": run.message,
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> list[str]:
+    header = ["RUN", "JOB ID", "STATE", "ELAPSED", "STEP", "LOSS"]
+    body = [[r["run"], r["job_id"] or "-", r["state"] + (f" (exit {r['exit_code']})" if r["exit_code"] not in (None, 0) else ""),
+             r["elapsed"], "-" if r["step"] is None else str(r["step"]),
+             "-" if r["loss"] is None else f"{r['loss']:.4f}"] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    return ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body]]
+
+
+def jobs_markdown(rows: list[dict], executor: str) -> str:
+    lines = ["| Run | Job ID | State | Exit code | Elapsed | Note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        note = r["message"].replace("|", "/")[:200]
+        lines.append(f"| {r['run']} | {r['job_id'] or '-'} | {r['state']} | "
+                     f"{'-' if r['exit_code'] is None else r['exit_code']} | {r['elapsed']} | {note or '-'} |")
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    return f"Executor: {executor}. Updated {stamp} by `ck run`.\n\n" + "\n".join(lines)
+
+
+class Display:
+    """TTY: the table redrawn in place. Otherwise: one line per change (and the table at the end)."""
+
+    def __init__(self, out: IO[str], live: bool):
+        self.out = out
+        self.live = live
+        self.tty = live and hasattr(out, "isatty") and out.isatty()
+        self._drawn = 0
+        self._last_step: dict[str, tuple[object, float]] = {}
+
+    def message(self, text: str) -> None:
+        self._clear()
+        print(text, file=self.out, flush=True)
+
+    def _clear(self) -> None:
+        if self.tty and self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+
+    def table(self, rows: list[dict]) -> None:
+        if not self.live:
+            return
+        if self.tty:
+            self._clear()
+            lines = format_table(rows)
+            self.out.write("\n".join(lines) + "\n")
+            self.out.flush()
+            self._drawn = len(lines)
+            return
+        now = time.time()
+        for r in rows:  # step progress as lines, at most one per run every 30 s
+            seen = self._last_step.get(r["run"])
+            if r["step"] is not None and r["state"] == "RUNNING" and (seen is None or (seen[0] != r["step"] and now - seen[1] >= 30)):
+                self._last_step[r["run"]] = (r["step"], now)
+                self.message(f"{_clock()} {r['run']}: job {r['job_id']} step {r['step']} loss {r['loss']:.4f}")
+
+    def final(self, rows: list[dict]) -> None:
+        if not self.tty:
+            print("\n".join(format_table(rows)), file=self.out, flush=True)
+        else:
+            self.table(rows)
+            self._drawn = 0
+
+
+def _clock() -> str:
+    return _dt.datetime.now().strftime("%H:%M:%S")
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while a job is submitted and recorded, so no job id is ever lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------- OOM retry
+
+
+def halve_batch_size(run_dir: Path) -> tuple[int, int]:
+    """Halve batch_size in finetune.yaml and setup_finetune.yaml (YAML round trip); (old, new)."""
+    config = run_dir / "finetune.yaml"
+    if not config.is_file():
+        raise CkError("finetune.yaml", str(config), "missing, cannot lower the batch size", "re-run `ck scaffold EXP_DIR`")
+    data = yaml.safe_load(config.read_text())
+    old = int(data.get("batch_size", 0)) if isinstance(data, dict) else 0
+    if old < 2:
+        raise CkError("batch_size", old, "cannot be halved", "give the job more GPU memory (a larger GPU or a smaller model)")
+    new = old // 2
+    data["batch_size"] = new
+    atomic_write_text(config, yaml.safe_dump(data, sort_keys=False))
+    setup = run_dir / "setup_finetune.yaml"
+    if setup.is_file():
+        setup_data = yaml.safe_load(setup.read_text())
+        if isinstance(setup_data, dict) and "batch_size" in setup_data:
+            setup_data["batch_size"] = new  # keep a later re-render consistent with what ran
+            atomic_write_text(setup, yaml.safe_dump(setup_data, sort_keys=False))
+    return old, new
+
+
+# ---------------------------------------------------------------- the monitor
+
+
+def reattach_hint(exp_dir: Path) -> str:
+    return (f"jobs keep running. Reattach: ck run --resume {exp_dir}   "
+            f"One-shot view: ck status {exp_dir}")
+
+
+class Monitor:
+    def __init__(self, exp_dir: Path, executor: Executor, *, poll: float, lost_after: float,
+                 retry_oom: int, display: Display):
+        self.exp_dir = exp_dir
+        self.executor = executor
+        self.poll = poll
+        self.lost_after = lost_after
+        self.retry_oom = retry_oom
+        self.display = display
+        self.runs = scaffolded_runs(exp_dir)
+        self.run_dirs = dict(self.runs)
+        self.state = RunStateFile.load(exp_dir)
+        self._summary_body: str | None = None
+        self._poll_error: str | None = None
+
+    # -- logging
+
+    def log(self, action: str, description: str, **kw) -> None:
+        explog.append_entry(self.exp_dir, "run", action, description, **kw)
+
+    # -- submitting
+
+    def unsubmitted(self) -> list[str]:
+        return [name for name, _ in self.runs if self.state.runs.get(name, RunState()).job_id is None
+                and self.state.runs.get(name, RunState()).state != "SUBMIT_FAILED"]
+
+    def live_runs(self) -> list[str]:
+        return [name for name, run in self.state.runs.items() if run.job_id and not is_terminal(run.state)]
+
+    def submit(self, name: str) -> None:
+        run_dir = self.run_dirs[name]
+        run = self.state.runs.setdefault(name, RunState())
+        command = f"cd {run_dir} && " + ("sbatch --parsable finetune.slurm" if self.executor.name == "slurm"
+                                         else "bash finetune.slurm  # local executor")
+        with _interrupts_deferred():
+            try:
+                job_id = self.executor.submit(run_dir)
+            except SubmitError as exc:
+                run.state, run.message, run.ended_at = "SUBMIT_FAILED", str(exc), time.time()
+                self.state.save()
+                self.log("SUBMIT_FAILED", f"{name} was not submitted", command=command, result=str(exc),
+                         explanation="the scheduler refused the job; its message is above")
+                self.display.message(f"{_clock()} {name}: SUBMIT_FAILED: {exc}")
+                return
+            run.job_id, run.state, run.submitted_at = job_id, "PENDING", time.time()
+            run.exit_code, run.message, run.running_since, run.ended_at, run.first_unknown_at = None, "", None, None, None
+            self.state.save()
+        self.log("SUBMIT_JOB", f"submitted {name}", command=command, result=f"job {job_id}",
+                 explanation=f"{self.executor.name} executor", extra={"Job ID": job_id})
+        self.display.message(f"{_clock()} {name}: submitted as job {job_id}")
+
+    # -- polling
+
+    def poll_once(self) -> None:
+        live = self.live_runs()
+        if not live:
+            return
+        try:
+            infos = self.executor.states([self.state.runs[name].job_id for name in live])
+        except CkError as err:  # e.g. slurmctld restarting: keep the last known states, try again next poll
+            if self._poll_error is None:
+                self.log("POLL_FAILED", "could not query the jobs' states; retrying every poll",
+                         command=f"{self.executor.name} poll", result=str(err), explanation="states are kept as last seen")
+                self.display.message(f"{_clock()} poll failed, retrying: {err}")
+            self._poll_error = str(err)
+            return
+        if self._poll_error is not None:
+            self.display.message(f"{_clock()} polling works again")
+            self._poll_error = None
+        now = time.time()
+        changed = False
+        for name in live:
+            run = self.state.runs[name]
+            info = infos.get(run.job_id, JobInfo(run.job_id, UNKNOWN))
+            changed |= self._apply(name, run, info, now)
+        if changed:
+            self.state.save()
+
+    def _apply(self, name: str, run: RunState, info: JobInfo, now: float) -> bool:
+        new_state = info.state
+        if new_state == UNKNOWN:
+            if run.first_unknown_at is None:
+                run.first_unknown_at = now
+                return True
+            if now - run.first_unknown_at < self.lost_after:
+                return False
+            new_state = "LOST"
+            info = JobInfo(info.job_id, "LOST", None,
+                           f"no squeue/sacct record for {now - run.first_unknown_at:.0f} s (purged, or never existed)")
+        else:
+            run.first_unknown_at = None
+        if new_state == "FAILED" and OOM_RE.search("\n".join(log_tail(self.log_path(name, run), 200))):
+            new_state = "OOM"
+        if new_state == run.state:
+            return False
+        previous = run.state
+        run.state = new_state
+        run.exit_code = info.exit_code
+        run.message = info.reason if new_state != "OOM" else "CUDA out of memory (see the job log)"
+        if new_state not in ("PENDING", "UNKNOWN") and run.running_since is None:
+            run.running_since = now
+        if is_terminal(new_state):
+            run.ended_at = now
+        self.log("STATE_CHANGE", f"{name} job {run.job_id}: {previous} -> {new_state}",
+                 command=f"{self.executor.name} poll", result=new_state, explanation=info.reason or "-",
+                 extra={"Job ID": run.job_id, "Previous": previous, "Current": new_state})
+        self.display.message(f"{_clock()} {name}: job {run.job_id} {previous} -> {new_state}"
+                             + (f" (exit {info.exit_code})" if info.exit_code not in (None, 0) else ""))
+        if is_terminal(new_state) and new_state != "COMPLETED":
+            self._report_failure(name, run)
+        return True
+
+    def log_path(self, name: str, run: RunState) -> Path:
+        return job_log_path(self.run_dirs[name], run.job_id)
+
+    def _report_failure(self, name: str, run: RunState) -> None:
+        log = self.log_path(name, run)
+        tail = log_tail(log)
+        code = "-" if run.exit_code is None else str(run.exit_code)
+        self.display.message(f"{name}: job {run.job_id} {run.state}, exit code {code}; {run.message or ''}\n"
+                             f"  last lines of {log}:\n" + ("\n".join("    " + line for line in tail) or "    (no log)"))
+        self.log(f"JOB_{run.state}", f"{name} job {run.job_id} ended {run.state}",
+                 command=f"tail {log}", result=f"exit code {code}",
+                 explanation=(run.message or "-") + " | last log line: " + (tail[-1] if tail else "(no log)"),
+                 extra={"Job ID": run.job_id, "Exit code": code})
+        if run.state == "OOM" and run.oom_retries < self.retry_oom:
+            self._retry_oom(name, run)
+
+    def _retry_oom(self, name: str, run: RunState) -> None:
+        try:
+            old, new = halve_batch_size(self.run_dirs[name])
+        except CkError as err:
+            self.log("RETRY_OOM_SKIPPED", f"{name}: no retry", result=str(err), explanation="batch size cannot shrink")
+            self.display.message(f"{name}: not retried: {err}")
+            return
+        run.attempts = (run.attempts or []) + [{"job_id": run.job_id, "state": run.state, "exit_code": run.exit_code}]
+        run.oom_retries += 1
+        run.job_id = None
+        self.log("RETRY_OOM", f"{name}: resubmitting with batch_size {new} (was {old})",
+                 command=f"edit {self.run_dirs[name] / 'finetune.yaml'}: batch_size {old} -> {new}",
+                 result=f"retry {run.oom_retries} of {self.retry_oom}", explanation="the job ran out of GPU memory")
+        self.submit(name)
+
+    # -- summary
+
+    def rows(self) -> list[dict]:
+        return job_rows(self.runs, self.state)
+
+    def write_summary(self) -> None:
+        rows = self.rows()
+        key = json.dumps([(r["run"], r["job_id"], r["state"], r["exit_code"]) for r in rows])
+        if key != self._summary_body:
+            set_section(self.exp_dir / SUMMARY_NAME, JOBS_HEADING, jobs_markdown(rows, self.executor.name))
+            self._summary_body = key
+
+    def final_states(self) -> dict[str, str]:
+        return {name: self.state.runs.get(name, RunState()).state for name, _ in self.runs}
+
+
+def _make_executor(executor: str | Executor, exp_dir: Path, max_local_jobs: int | None) -> Executor:
+    if isinstance(executor, Executor):
+        return executor
+    if executor == "local" and max_local_jobs is None:
+        from cruijff_kit.settings import load_settings
+
+        max_local_jobs = load_settings().max_local_jobs
+    return make_executor(executor, state_dir=exp_dir / LOCAL_STATE_DIR, max_jobs=max_local_jobs)
+
+
+def _sleep(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        time.sleep(min(left, 0.5))
+
+
+def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "local", max_submit: int | None = None,
+                   stagger: float = 0.0, poll: float = DEFAULT_POLL, detach: bool = False, resume: bool = False,
+                   live: bool = True, retry_oom: int = 0, lost_after: float | None = None,
+                   max_local_jobs: int | None = None, out: IO[str] | None = None) -> dict[str, str]:
+    """Submit every scaffolded run not yet submitted and monitor until all jobs are terminal.
+
+    Returns {run name: state}: final states, or the current ones after --detach. Ctrl-C leaves the
+    jobs running (logged as DETACH) and re-raises KeyboardInterrupt.
+    """
+    exp_dir = Path(exp_dir).resolve()
+    if not exp_dir.is_dir():
+        raise CkError("experiment_dir", str(exp_dir), "not a directory", "give the directory `ck scaffold` filled")
+    if max_submit is not None and max_submit < 1:
+        raise CkError("max_submit", max_submit, "must be >= 1", "e.g. --max-submit 4, or leave it out for no cap")
+    if poll <= 0 or stagger < 0 or retry_oom < 0:
+        raise CkError("poll/stagger/retry_oom", (poll, stagger, retry_oom), "poll must be > 0, stagger and retry-oom >= 0",
+                      "e.g. --poll 15 --stagger 0 --retry-oom 1")
+    out = out or sys.stdout
+    executor_obj = _make_executor(executor, exp_dir, max_local_jobs)
+    monitor = Monitor(exp_dir, executor_obj, poll=poll, lost_after=lost_after if lost_after is not None else max(60.0, 3 * poll),
+                      retry_oom=retry_oom, display=Display(out, live))
+    state = monitor.state
+    if not monitor.runs:
+        raise CkError("experiment_dir", str(exp_dir), f"has no scaffolded run (no */{SCRIPT_NAME})",
+                      "run `ck scaffold EXP_DIR` first")
+    if resume and not state.exists():
+        raise CkError("--resume", str(exp_dir), f"nothing to resume: no {STATE_NAME}", f"start with `ck run {exp_dir}`")
+    if state.executor not in (None, executor_obj.name):
+        raise CkError("executor", executor_obj.name, f"these jobs were submitted with the {state.executor} executor",
+                      f"use --executor {state.executor}")
+    state.executor = executor_obj.name
+    if resume:
+        monitor.log("RESUME", f"reattached to {len(monitor.live_runs())} live job(s)", command=f"ck run --resume {exp_dir}",
+                    result=f"{len(monitor.unsubmitted())} run(s) still to submit", explanation="nothing is resubmitted")
+        monitor.display.message(f"{_clock()} reattached: {len(monitor.live_runs())} live job(s), "
+                                f"{len(monitor.unsubmitted())} run(s) still to submit")
+    state.save()
+
+    logged_all_submitted = not monitor.unsubmitted()
+    try:
+        while True:
+            for name in monitor.unsubmitted():
+                if max_submit is not None and len(monitor.live_runs()) >= max_submit:
+                    break
+                monitor.submit(name)
+                if stagger and monitor.unsubmitted():
+                    _sleep(stagger)
+            if not logged_all_submitted and not monitor.unsubmitted():
+                logged_all_submitted = True
+                monitor.log("ALL_SUBMITTED", f"all {len(monitor.runs)} run(s) submitted", command=f"ck run {exp_dir}",
+                            result=", ".join(f"{n}={r.job_id}" for n, r in state.runs.items() if r.job_id), explanation="-")
+            monitor.poll_once()
+            monitor.write_summary()
+            if detach:
+                left = len(monitor.unsubmitted())
+                monitor.log("DETACH", "monitor detached (--detach)", command=f"ck run --detach {exp_dir}",
+                            result=f"{len(monitor.live_runs())} live job(s), {left} run(s) not yet submitted",
+                            explanation=reattach_hint(exp_dir))
+                monitor.display.final(monitor.rows())
+                monitor.display.message(reattach_hint(exp_dir) + (f" (it submits the {left} remaining run(s))" if left else ""))
+                return monitor.final_states()
+            if not monitor.live_runs() and not monitor.unsubmitted():
+                break
+            monitor.display.table(monitor.rows())
+            _sleep(poll)
+    except KeyboardInterrupt:
+        state.save()
+        monitor.log("DETACH", "monitor interrupted (Ctrl-C)", command=f"ck run {exp_dir}",
+                    result=f"{len(monitor.live_runs())} live job(s)", explanation=reattach_hint(exp_dir))
+        monitor.display.message("\n" + reattach_hint(exp_dir))
+        raise
+
+    final = monitor.final_states()
+    counts: dict[str, int] = {}
+    for value in final.values():
+        counts[value] = counts.get(value, 0) + 1
+    monitor.write_summary()
+    monitor.log("ALL_COMPLETE", "every job has ended", command=f"ck run {exp_dir}",
+                result=", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
+                explanation="all COMPLETED" if set(final.values()) == {"COMPLETED"} else "some runs did not complete; see the JOB_ entries")
+    monitor.display.final(monitor.rows())
+    return final
+
+
+def experiment_status(exp_dir: str | os.PathLike, *, max_local_jobs: int | None = None) -> dict:
+    """One poll, nothing written except by the executor itself (the local queue may start a job)."""
+    exp_dir = Path(exp_dir).resolve()
+    if not exp_dir.is_dir():
+        raise CkError("experiment_dir", str(exp_dir), "not a directory", "give the directory `ck scaffold` filled")
+    state = RunStateFile.load(exp_dir)
+    runs = scaffolded_runs(exp_dir)
+    known = dict(runs)
+    for name in state.runs:  # runs that were submitted but whose directory has gone
+        known.setdefault(name, exp_dir / name)
+    runs = list(known.items())
+    if state.executor:
+        executor = _make_executor(state.executor, exp_dir, max_local_jobs)
+        live = {n: r for n, r in state.runs.items() if r.job_id and not is_terminal(r.state)}
+        infos = executor.states([r.job_id for r in live.values()])
+        for name, run in live.items():
+            info = infos[run.job_id]
+            if info.state != UNKNOWN:
+                run.state, run.exit_code, run.message = info.state, info.exit_code, info.reason
+    rows = job_rows(runs, state)
+    return {"experiment_dir": str(exp_dir), "executor": state.executor, "submitted": state.exists(), "runs": rows}

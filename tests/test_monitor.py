@@ -1,0 +1,246 @@
+"""The monitor (`ck run` / `ck status`) end to end on both executors, with hand-written runs.
+
+SLURM enforces a 1-minute time limit 60-90 s after the job starts, so the TIMEOUT job is submitted
+by the first test of this file and collected by the last: the other tests run while it waits.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cruijff_kit import explog
+from cruijff_kit.cli import main
+from cruijff_kit.markdown_sections import get_section
+from cruijff_kit.monitor import STATE_NAME, last_train_metrics, run_experiment
+from test_executors import EXECUTORS, make_run
+
+POLL = 0.5
+
+
+@pytest.fixture(autouse=True)
+def _own_settings(tmp_path, monkeypatch):
+    """`ck` reads no user settings file here; executor and limits come from flags or CK_* variables."""
+    monkeypatch.setenv("CK_CONFIG", str(tmp_path / "settings.yaml"))
+    for key in ("CK_EXECUTOR", "CK_MAX_LOCAL_JOBS"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def actions(exp_dir: Path) -> list[str]:
+    return [e.action for e in explog.read_log(exp_dir, "run")]
+
+
+def read_state(exp_dir: Path) -> dict:
+    return json.loads((exp_dir / STATE_NAME).read_text())["runs"]
+
+
+def metrics_body(out_dir: Path) -> str:
+    """Writes two train lines and a half-written third one, like a recipe killed mid-write."""
+    logs = out_dir / "logs"
+    return (f"mkdir -p {logs}\n"
+            f"""printf '%s\\n' '{{"event": "train", "step": 1, "loss": 0.9}}' '{{"event": "val", "step": 2, "val_loss": 0.8}}' """
+            f"""'{{"event": "train", "step": 2, "loss": 0.75}}' > {logs}/metrics.jsonl\n"""
+            f"""printf '{{"event": "train", "st' >> {logs}/metrics.jsonl\n""")
+
+
+@pytest.fixture(scope="module")
+def overtime_experiment(tmp_path_factory, slurm_cluster):
+    exp = tmp_path_factory.mktemp("timeout") / "exp"
+    make_run(exp, "overtime", "echo started\nsleep 600", time_limit="1")
+    states = run_experiment(exp, executor="slurm", detach=True, poll=POLL, live=False, out=io.StringIO())
+    assert states["overtime"] in ("PENDING", "RUNNING")
+    return exp
+
+
+@pytest.mark.slurm
+def test_slurm_time_limit_job_is_submitted_first(overtime_experiment):
+    assert read_state(overtime_experiment)["overtime"]["job_id"].isdigit()
+
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_run_experiment_records_jobs_logs_and_failures(kind, tmp_path):
+    exp = tmp_path / "exp"
+    outputs = tmp_path / "outputs"
+    make_run(exp, "ok", metrics_body(outputs / "ck-out-ok") + f"sleep 1\ndate +%s.%N > {tmp_path}/ok_end")
+    make_run(exp, "bad", "echo 'Traceback: something broke'\nexit 3")
+    out = io.StringIO()
+    final = run_experiment(exp, executor=kind, poll=POLL, out=out, max_local_jobs=2)
+    assert final == {"bad": "FAILED", "ok": "COMPLETED"}
+
+    runs = read_state(exp)
+    assert runs["bad"]["exit_code"] == 3 and runs["ok"]["exit_code"] == 0
+    # reported within two polls of the job's last line (plus the scheduler's own wind-down)
+    assert runs["ok"]["ended_at"] - float((tmp_path / "ok_end").read_text()) < 2 * POLL + 1.0
+
+    text = out.getvalue()
+    assert "exit code 3" in text and "Traceback: something broke" in text  # failure shows its log tail
+    assert "2     0.7500" in text  # latest complete train line, half-written one ignored
+
+    log = explog.read_log(exp, "run")
+    submits = [e for e in log if e.action == "SUBMIT_JOB"]
+    assert sorted(e.fields["Job ID"] for e in submits) == sorted([runs["ok"]["job_id"], runs["bad"]["job_id"]])
+    changes = [e for e in log if e.action == "STATE_CHANGE" and e.fields["Job ID"] == runs["bad"]["job_id"]]
+    assert changes[-1].fields["Current"] == "FAILED" and changes[0].fields["Previous"] == "PENDING"
+    names = [e.action for e in log]
+    assert names.index("ALL_SUBMITTED") < names.index("ALL_COMPLETE") and "JOB_FAILED" in names
+
+    jobs = get_section((exp / "experiment_summary.md").read_text(), "Jobs")
+    assert f"| bad | {runs['bad']['job_id']} | FAILED | 3 |" in jobs
+    assert f"| ok | {runs['ok']['job_id']} | COMPLETED | 0 |" in jobs
+
+    assert main(["status", str(exp), "--json"]) == 1  # a run failed
+    # nothing left to submit: a second `ck run` resubmits nothing
+    assert main(["run", str(exp), "--executor", kind, "--poll", "0.2", "--no-live"]) == 1
+    assert actions(exp).count("SUBMIT_JOB") == 2
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_killed_monitor_is_resumed_without_resubmitting(kind, tmp_path):
+    exp = tmp_path / "exp"
+    for i in range(3):
+        make_run(exp, f"r{i}", f"sleep 1.5\necho done {i}")
+    # local: all three submitted, two wait in the executor's persisted queue;
+    # slurm: --max-submit 1 keeps two runs unsubmitted in the monitor.
+    cap = [] if kind == "local" else ["--max-submit", "1"]
+    env = {**os.environ, "CK_MAX_LOCAL_JOBS": "1"}
+    monitor = subprocess.Popen([sys.executable, "-m", "cruijff_kit", "run", str(exp), "--executor", kind,
+                                "--poll", str(POLL), *cap], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while not ((exp / STATE_NAME).exists() and any(r["job_id"] for r in read_state(exp).values())):
+        assert time.monotonic() < deadline and monitor.poll() is None
+        time.sleep(0.05)
+    monitor.kill()
+    monitor.wait()
+    before = {name: r["job_id"] for name, r in read_state(exp).items() if r["job_id"]}
+    assert before
+
+    final = run_experiment(exp, executor=kind, resume=True, poll=POLL, live=False, max_local_jobs=1,
+                           max_submit=None if kind == "local" else 1, out=io.StringIO())
+    assert final == {"r0": "COMPLETED", "r1": "COMPLETED", "r2": "COMPLETED"}
+    after = read_state(exp)
+    assert all(after[name]["job_id"] == job_id for name, job_id in before.items())  # no state lost
+    submitted = [e.fields["Job ID"] for e in explog.read_log(exp, "run") if e.action == "SUBMIT_JOB"]
+    assert len(submitted) == len(set(submitted)) == 3  # nothing submitted twice
+    assert "RESUME" in actions(exp)
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_unknown_job_id_becomes_lost_after_the_grace_period(kind, tmp_path):
+    exp = tmp_path / "exp"
+    make_run(exp, "ghost", "true")
+    bogus = "local-777" if kind == "local" else "99999998"
+    (exp / STATE_NAME).write_text(json.dumps({"version": 1, "executor": kind, "runs": {
+        "ghost": {"job_id": bogus, "state": "RUNNING", "submitted_at": time.time()}}}))
+    t0 = time.monotonic()
+    final = run_experiment(exp, executor=kind, resume=True, poll=0.2, lost_after=1.0, live=False, out=io.StringIO())
+    assert final == {"ghost": "LOST"}
+    assert 1.0 <= time.monotonic() - t0 < 10
+    assert "JOB_LOST" in actions(exp) and "SUBMIT_JOB" not in actions(exp)
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_max_submit_keeps_at_most_n_jobs_live(kind, tmp_path):
+    exp = tmp_path / "exp"
+    for i in range(3):
+        make_run(exp, f"r{i}", f"date +%s.%N > {tmp_path}/start{i}\nsleep 0.5\ndate +%s.%N > {tmp_path}/end{i}")
+    final = run_experiment(exp, executor=kind, max_submit=1, poll=0.2, live=False, max_local_jobs=3, out=io.StringIO())
+    assert set(final.values()) == {"COMPLETED"}
+    spans = sorted((float((tmp_path / f"start{i}").read_text()), float((tmp_path / f"end{i}").read_text())) for i in range(3))
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end
+
+
+OOM_BODY = """
+bs=$(python3 -c "import yaml; print(yaml.safe_load(open('finetune.yaml'))['batch_size'])")
+echo "batch_size=$bs"
+if [ "$bs" -gt 4 ]; then
+  echo 'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB' >&2
+  exit 1
+fi
+"""
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_cuda_oom_is_reported_and_retried_at_half_batch_size(kind, tmp_path):
+    exp, single = tmp_path / "exp", tmp_path / "single"
+    for where, name in ((exp, "retried"), (single, "not_retried")):
+        run_dir = make_run(where, name, OOM_BODY.replace("python3", sys.executable), out_root=tmp_path / "outputs")
+        (run_dir / "finetune.yaml").write_text("# rendered\nbatch_size: 16\nepochs: 1\n")
+        (run_dir / "setup_finetune.yaml").write_text("batch_size: 16\n")
+    out = io.StringIO()
+    assert run_experiment(single, executor=kind, poll=POLL, live=False, out=io.StringIO()) == {"not_retried": "OOM"}
+    # 16 -> 8 -> 4: two retries
+    assert run_experiment(exp, executor=kind, poll=POLL, live=False, retry_oom=2, out=out) == {"retried": "COMPLETED"}
+    assert yaml.safe_load((exp / "retried" / "finetune.yaml").read_text())["batch_size"] == 4
+    assert yaml.safe_load((exp / "retried" / "setup_finetune.yaml").read_text())["batch_size"] == 4
+    log = explog.read_log(exp, "run")
+    assert [e.action for e in log].count("RETRY_OOM") == 2 and [e.action for e in log].count("JOB_OOM") == 2
+    assert len(read_state(exp)["retried"]["attempts"]) == 2
+    assert "CUDA out of memory" in out.getvalue()
+
+
+def test_detach_then_status_then_resume(tmp_path, capsys, monkeypatch):
+    exp = tmp_path / "exp"
+    make_run(exp, "a", "sleep 1")
+    assert main(["run", str(exp), "--executor", "local", "--detach", "--poll", "0.2"]) == 0
+    assert "ck run --resume" in capsys.readouterr().out
+    assert main(["status", str(exp), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["runs"][0]["state"] in ("PENDING", "RUNNING") and status["runs"][0]["job_id"] == "local-1"
+    monkeypatch.setenv("CK_EXECUTOR", "slurm")  # the executor recorded with the jobs wins over the setting
+    assert main(["run", "--resume", str(exp), "--poll", "0.2", "--no-live"]) == 0
+    assert actions(exp).count("SUBMIT_JOB") == 1 and {"DETACH", "RESUME", "ALL_COMPLETE"} <= set(actions(exp))
+
+
+def test_ctrl_c_leaves_jobs_running_and_says_how_to_reattach(tmp_path):
+    exp = tmp_path / "exp"
+    make_run(exp, "a", f"sleep 2\ntouch {tmp_path}/finished")
+    monitor = subprocess.Popen([sys.executable, "-m", "cruijff_kit", "run", str(exp), "--executor", "local", "--poll", "0.2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 20
+    while "SUBMIT_JOB" not in actions(exp):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    monitor.send_signal(signal.SIGINT)
+    output, _ = monitor.communicate(timeout=20)
+    assert monitor.returncode == 130
+    assert f"ck run --resume {exp}" in output
+    assert "DETACH" in actions(exp)
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "finished").exists():  # the job outlived its monitor
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_last_train_metrics_skips_partial_and_non_train_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert last_train_metrics(path) is None
+    path.write_text('{"event": "train", "step": 5, "loss": 1.5}\n{"event": "val", "step": 5, "val_loss": 1}\n{"event": "tr')
+    assert last_train_metrics(path) == (5, 1.5)
+
+
+def test_bad_input_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["run", str(tmp_path / "empty"), "--executor", "local"]) == 2
+    assert "no scaffolded run" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "empty"), "--executor", "local"]) == 2
+
+
+@pytest.mark.slurm
+def test_slurm_time_limit_is_timeout(overtime_experiment):
+    final = run_experiment(overtime_experiment, executor="slurm", resume=True, poll=POLL, live=False, out=io.StringIO())
+    assert final == {"overtime": "TIMEOUT"}
+    entry = next(e for e in explog.read_log(overtime_experiment, "run") if e.action == "JOB_TIMEOUT")
+    job_log = Path(entry.fields["Command"].removeprefix("tail "))
+    assert job_log.name == f"slurm-{read_state(overtime_experiment)['overtime']['job_id']}.out"
+    assert "started" in job_log.read_text()
