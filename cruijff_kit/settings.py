@@ -136,6 +136,25 @@ def _as_max_local_jobs(value: Any, field: str) -> int:
     return number
 
 
+def _number(cast: Callable[[str], Any], minimum: float, example: str) -> Callable[[Any, str], Any]:
+    def parse(value: Any, field: str) -> Any:
+        try:
+            number = cast(str(value).strip()) if not isinstance(value, bool) else None
+        except ValueError:
+            number = None
+        if number is None or number < minimum:
+            raise CkError(field, value, f"must be a number >= {minimum}", f"e.g. {example}")
+        return number
+    return parse
+
+
+def _as_nonempty_str(value: Any, field: str) -> str:
+    text = _as_optional_str(value, field)
+    if not text:
+        raise CkError(field, value, "must not be empty", "e.g. claude-sonnet-4-6")
+    return text
+
+
 def _running_venv() -> str | None:
     return sys.prefix if sys.prefix != sys.base_prefix else None
 
@@ -169,6 +188,13 @@ KEYS: dict[str, _Key] = {
                           "W&B project (default bit_sequences_YYYY-MM-DD)"),
     "executor": _Key(_as_executor, lambda _: "local", "local (subprocesses) or slurm (sbatch)"),
     "max_local_jobs": _Key(_as_max_local_jobs, lambda _: 2, "jobs the local executor runs at once"),
+    "llm_model": _Key(_as_nonempty_str, lambda _: "claude-sonnet-4-6",
+                      "Anthropic model used by `ck design --describe`"),
+    "llm_max_tokens": _Key(_number(int, 1, "4096"), lambda _: 4096, "max tokens of one `ck design --describe` reply"),
+    "llm_timeout": _Key(_number(float, 0.001, "60"), lambda _: 60.0, "seconds to wait for one Anthropic API call"),
+    "llm_max_retries": _Key(_number(int, 0, "2"), lambda _: 2, "retries of a 429/5xx/timed-out Anthropic API call"),
+    "llm_max_rounds": _Key(_number(int, 1, "3"), lambda _: 3,
+                           "proposals `ck design --describe` may make before an invalid plan is an error"),
 }
 
 

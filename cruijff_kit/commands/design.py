@@ -60,6 +60,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "<scratch>/ck-sanity-checks/<name>/experiment_summary.md (human text + the ```yaml plan every "
         "step reads) and design-experiment.log. Next step: ck scaffold <experiment dir>."
     )
+    from cruijff_kit.llm_design import add_describe_arguments
+
+    add_describe_arguments(parser)
     targets = parser.add_subparsers(dest="target", metavar="TARGET")
     bits = targets.add_parser(
         "bit-sequences",
@@ -106,6 +109,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "describe", None) is not None:
+        from cruijff_kit.llm_design import run_describe
+
+        return run_describe(args)
     if args.target != "bit-sequences":
         print("ck design: choose a target, e.g. `ck design bit-sequences --preset embedded --yes` "
               "(`ck design bit-sequences --help` lists the flags)", file=sys.stderr)

@@ -1,0 +1,566 @@
+"""Design an experiment from a sentence: `ck design --describe "compare parity and Bernoulli p=0.3 ..."`.
+
+The Anthropic Messages API is asked, through the `anthropic` SDK, to call one tool whose input
+schema is generated from the plan model (`Experiment.model_json_schema()`, minus the fields the
+toolkit fills in). The proposal is validated with the plan model itself; on errors the model gets
+them back as an `is_error` tool_result and may correct the plan, for at most `llm_max_rounds`
+rounds. The accepted plan is shown as the runs table, confirmed, and written through
+`design.write_experiment` — the same path as `ck design bit-sequences`.
+
+Every failure (no key, no network, refusal, rate limits or server errors after the SDK's retries,
+a timeout, a plan still invalid after the last round, a declined confirmation) is one CkError
+naming the flag-based way, and nothing is written: the LLM_* log entries are kept in memory and
+go into design-experiment.log only together with the plan.
+
+The API key is read by the SDK from ANTHROPIC_API_KEY (ANTHROPIC_BASE_URL likewise) and never
+passes through this module's logs or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import ValidationError
+
+from cruijff_kit import explog, presets
+from cruijff_kit.design import SEED_LABELS, Check, build_bit_sequences_plan, dataset_label, runs_table, write_experiment
+from cruijff_kit.errors import CkError
+from cruijff_kit.experiment import BitSequenceArgs, Experiment, expected_for
+from cruijff_kit.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import anthropic
+
+TOOL_NAME = "propose_experiment_plan"
+FLAG_WAY = ("or design it with flags: "
+            "`ck design bit-sequences --bit-length L --p P --add-run NAME:parity|bernoulli:L:P ...` (see --help)")
+
+# Plan fields the toolkit fills in (paths, dates, derived values): not part of the tool's schema.
+TOOLKIT_FIELDS: dict[str, tuple[str, ...]] = {
+    "Experiment": ("name", "kind", "date", "experiment_dir", "output_root", "models_dir", "data_dir", "wandb_project"),
+    "RunPlan": ("expected",),
+    "DatasetPlan": ("label", "ext", "path"),
+}
+# Plan fields the proposal may leave out: the preset's value is used. "*" = every field.
+PRESET_FILLED: dict[str, tuple[str, ...]] = {
+    "RunPlan": ("model", "hyper", "compute"),
+    "Hyper": ("*",),
+    "Compute": ("*",),
+    "BitSequenceArgs": ("bit_length", "N", "val_size", "seed"),
+}
+# Optional in the plan model but needed in a proposal.
+PROPOSAL_REQUIRED: dict[str, tuple[str, ...]] = {"DatasetPlan": ("generator",)}
+# Object descriptions that would mention fields the proposal does not have.
+PROPOSAL_DESCRIPTIONS = {
+    "DatasetPlan": "The run's dataset, generated from `generator`; cruijff_kit chooses its file name.",
+}
+GENERATOR_DEFAULT_KEYS = ("bit_length", "N", "val_size")
+
+# Settings keys (getattr defaults until settings.py carries them).
+LLM_DEFAULTS = {"llm_model": "claude-sonnet-4-6", "llm_max_tokens": 4096, "llm_timeout": 60.0,
+                "llm_max_retries": 2, "llm_max_rounds": 3}
+
+
+@dataclass(frozen=True)
+class LlmOptions:
+    model: str = LLM_DEFAULTS["llm_model"]
+    max_tokens: int = LLM_DEFAULTS["llm_max_tokens"]
+    timeout_s: float = LLM_DEFAULTS["llm_timeout"]
+    max_retries: int = LLM_DEFAULTS["llm_max_retries"]   # the SDK's retries of 408/409/429/5xx/timeouts
+    max_rounds: int = LLM_DEFAULTS["llm_max_rounds"]     # proposals, counting the first
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "LlmOptions":
+        return cls(
+            model=_llm_setting(settings, "llm_model", str, lambda v: bool(v.strip())),
+            max_tokens=_llm_setting(settings, "llm_max_tokens", int, lambda v: v >= 1),
+            timeout_s=_llm_setting(settings, "llm_timeout", float, lambda v: v > 0),
+            max_retries=_llm_setting(settings, "llm_max_retries", int, lambda v: v >= 0),
+            max_rounds=_llm_setting(settings, "llm_max_rounds", int, lambda v: v >= 1),
+        )
+
+
+def _llm_setting(settings: Settings, key: str, cast: Callable[[Any], Any], ok: Callable[[Any], bool]) -> Any:
+    raw = getattr(settings, key, LLM_DEFAULTS[key])
+    try:
+        value = cast(raw)
+    except (TypeError, ValueError):
+        value = None
+    if value is None or not ok(value):
+        raise CkError(key, raw, "not a valid value", f"e.g. `ck config set {key} {LLM_DEFAULTS[key]}`")
+    return value
+
+
+# ---------------------------------------------------------------- the tool schema, generated from the plan model
+
+
+def _referenced_defs(node: Any, found: set[str]) -> None:
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            found.add(ref.removeprefix("#/$defs/"))
+        for value in node.values():
+            _referenced_defs(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _referenced_defs(value, found)
+
+
+def proposal_schema() -> dict[str, Any]:
+    """`Experiment.model_json_schema()` less TOOLKIT_FIELDS, with PRESET_FILLED made optional."""
+    schema = copy.deepcopy(Experiment.model_json_schema())
+    defs = schema.get("$defs", {})
+    objects = {"Experiment": schema, **defs}
+    for title, obj in objects.items():
+        props = obj.get("properties", {})
+        for key in TOOLKIT_FIELDS.get(title, ()):
+            props.pop(key, None)
+        optional = PRESET_FILLED.get(title, ())
+        required = [k for k in obj.get("required", []) if k in props and "*" not in optional and k not in optional]
+        required += [k for k in PROPOSAL_REQUIRED.get(title, ()) if k not in required]
+        if required:
+            obj["required"] = required
+        else:
+            obj.pop("required", None)
+        description = PROPOSAL_DESCRIPTIONS.get(title, obj.get("description", ""))
+        if optional:
+            description += " Fields left out take the preset's value (listed in the instructions)."
+        if description.strip():
+            obj["description"] = description.strip()
+    used: set[str] = set()
+    _referenced_defs({k: v for k, v in schema.items() if k != "$defs"}, used)
+    while True:  # defs used by used defs
+        more: set[str] = set()
+        for name in used:
+            _referenced_defs(defs.get(name, {}), more)
+        if more <= used:
+            break
+        used |= more
+    schema["$defs"] = {name: d for name, d in defs.items() if name in used}
+    schema["title"] = "ExperimentProposal"
+    schema["description"] = ("The runs of a bit-sequences fine-tuning experiment and its purpose. Directories, "
+                             "dates, dataset file names and expected results are filled in by cruijff_kit.")
+    return schema
+
+
+def tool_definition() -> dict[str, Any]:
+    return {
+        "name": TOOL_NAME,
+        "description": "Propose the complete experiment plan (every run, and the purpose). Call it once per "
+                       "turn with the whole plan; if it comes back with errors, call it again with the "
+                       "corrected whole plan.",
+        "input_schema": proposal_schema(),
+    }
+
+
+def generator_defaults(preset: str) -> dict[str, Any]:
+    """What `ck design bit-sequences --add-run` takes from the preset's first run when not given."""
+    first = next(iter(presets.PRESETS[preset]["runs"].values()))
+    return {k: first[k] for k in GENERATOR_DEFAULT_KEYS} | {"seed": first.get("seed", 42)}
+
+
+def system_prompt(preset: str, skeleton: Experiment) -> str:
+    run = skeleton.runs[0]
+    defaults = {"model": run.model, "hyper": run.hyper.model_dump(), "compute": run.compute.model_dump(),
+                "dataset.generator": generator_defaults(preset)}
+    return (
+        "You design fine-tuning sanity checks for cruijff_kit. The task is binary classification of bit strings: "
+        "each dataset is generated from `dataset.generator` arguments. bit_parity=true: the label is the parity of "
+        "the bits (learnable), flipped with probability p (p=0 for clean parity). bit_parity=false: the label is 1 "
+        "with probability p, independent of the input (Bernoulli; loss floor H(p)). N counts train + validation "
+        "examples; keep 2^bit_length much larger than val_size, because strings in validation are removed from "
+        "training.\n"
+        f"Turn the user's request into runs by calling {TOOL_NAME} with the complete plan: one run per combination "
+        "the request asks for, each with a unique name of letters, digits and underscores that says what it varies "
+        "(e.g. parity_L8, bernoulli_p03_L12), and a one-paragraph purpose. Leave out every field the request does "
+        "not ask to change: the preset supplies it. Never invent paths.\n"
+        f"Preset `{preset}` values used for fields you leave out:\n{json.dumps(defaults, indent=1)}"
+    )
+
+
+# ---------------------------------------------------------------- proposal -> plan
+
+
+class ProposalInvalid(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _loc(prefix: str, loc: tuple) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "[" in str(part) or str(part).startswith("function-"):
+            continue  # pydantic's union/validator tags, not fields
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "(plan)"
+
+
+def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
+    out = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        got = "" if err["type"] == "missing" else f" (got {json.dumps(err.get('input'), default=str)[:80]})"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field, not part of the plan"
+        out.append(f"{_loc(prefix, tuple(err['loc']))}: {msg}{got}")
+    return out
+
+
+def _run_label(preset: str, run_name: Any, generator: BitSequenceArgs) -> str:
+    """The dataset label `ck design bit-sequences` gives the same run (seed file names kept)."""
+    if preset == "seed" and run_name in SEED_LABELS and generator == BitSequenceArgs(**presets.SEED["runs"][run_name]):
+        return SEED_LABELS[run_name]
+    return dataset_label(generator)
+
+
+def plan_from_proposal(proposal: Any, skeleton: Experiment, preset: str) -> Experiment:
+    """Fill the toolkit's fields in from `skeleton` (the preset's plan) and validate with the plan model.
+
+    Raises ProposalInvalid listing every problem, each as `path: message (got value)`.
+    """
+    if not isinstance(proposal, dict):
+        raise ProposalInvalid([f"(plan): must be an object with purpose and runs (got {type(proposal).__name__})"])
+    problems = [f"{key}: set by cruijff_kit, leave it out" for key in TOOLKIT_FIELDS["Experiment"] if key in proposal]
+    base_run = skeleton.runs[0]
+    defaults = generator_defaults(preset)
+
+    runs = proposal.get("runs")
+    built_runs: Any = runs
+    if isinstance(runs, list):
+        built_runs = []
+        for i, run in enumerate(runs):
+            where = f"runs[{i}]"
+            if not isinstance(run, dict):
+                built_runs.append(run)  # the plan model says what is wrong with it
+                continue
+            run = dict(run)
+            problems += [f"{where}.{key}: set by cruijff_kit, leave it out"
+                         for key in TOOLKIT_FIELDS["RunPlan"] if key in run]
+            dataset = run.get("dataset")
+            if not isinstance(dataset, dict) or not isinstance(dataset.get("generator"), dict):
+                problems.append(f"{where}.dataset.generator: missing; give at least bit_parity and p")
+                continue
+            problems += [f"{where}.dataset.{key}: set by cruijff_kit, leave it out"
+                         for key in TOOLKIT_FIELDS["DatasetPlan"] if key in dataset]
+            try:
+                generator = BitSequenceArgs.model_validate(defaults | dataset["generator"])
+            except ValidationError as exc:
+                problems += _problems(exc, f"{where}.dataset.generator")
+                continue
+            rest = {k: v for k, v in dataset.items() if k != "generator" and k not in TOOLKIT_FIELDS["DatasetPlan"]}
+            run["dataset"] = {"label": _run_label(preset, run.get("name"), generator), "ext": ".json",
+                              "generator": generator.model_dump(), **rest}
+            run.setdefault("model", base_run.model)
+            for part, base in (("hyper", base_run.hyper), ("compute", base_run.compute)):
+                given = run.get(part, {})
+                run[part] = base.model_dump() | given if isinstance(given, dict) else given
+            run["expected"] = expected_for(generator).model_dump()
+            built_runs.append(run)
+    if problems:
+        raise ProposalInvalid(problems)
+
+    data = {k: v for k, v in skeleton.model_dump(mode="json").items() if k in TOOLKIT_FIELDS["Experiment"]}
+    data |= {k: v for k, v in proposal.items() if k not in TOOLKIT_FIELDS["Experiment"]}
+    if "runs" in proposal:
+        data["runs"] = built_runs
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as exc:
+        raise ProposalInvalid(_problems(exc)) from None
+
+
+# ---------------------------------------------------------------- the conversation
+
+
+@dataclass
+class PendingEntry:
+    action: str
+    description: str
+    result: str = ""
+    explanation: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+    when: _dt.datetime = field(default_factory=_dt.datetime.now)
+
+
+@dataclass
+class LlmDesign:
+    experiment: Experiment
+    model_id: str          # the model that answered (the response's `model`)
+    rounds: int
+    log: list[PendingEntry]
+
+
+def _redact(text: object) -> str:
+    """Belt and braces: no key ever reaches a message, even if a server echoed it."""
+    text = str(text)
+    for var in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN"):
+        secret = os.environ.get(var)
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def _llm_error(field_name: str, value: object, problem: str, fix: str = "") -> CkError:
+    return CkError(field_name, _redact(value), _redact(problem), f"{fix}; {FLAG_WAY}" if fix else FLAG_WAY)
+
+
+def _make_client(options: LlmOptions) -> "anthropic.Anthropic":
+    import anthropic
+
+    try:
+        client = anthropic.Anthropic(timeout=options.timeout_s, max_retries=options.max_retries)
+    except anthropic.AnthropicError as exc:  # e.g. ANTHROPIC_PROFILE naming a profile that is not there
+        raise _llm_error("ANTHROPIC_API_KEY", "(unset)", f"no usable Anthropic credentials ({exc})",
+                         "export ANTHROPIC_API_KEY=...") from None
+    if client.api_key is None and client.auth_token is None and client.credentials is None:
+        raise _llm_error("ANTHROPIC_API_KEY", "(unset)", "no Anthropic API key to design from a description",
+                         "export ANTHROPIC_API_KEY=...")
+    return client
+
+
+def _create(client: "anthropic.Anthropic", options: LlmOptions, **request: Any):
+    """One messages.create (the SDK retries 429/5xx/timeouts itself); failures become CkErrors."""
+    import anthropic
+
+    tries = f"after {options.max_retries + 1} attempt(s)"
+    try:
+        return client.messages.create(model=options.model, max_tokens=options.max_tokens, **request)
+    except anthropic.APITimeoutError:
+        raise _llm_error("llm_timeout", options.timeout_s, f"the Anthropic API did not answer in time {tries}",
+                         "raise llm_timeout or try again later") from None
+    except anthropic.APIConnectionError as exc:
+        raise _llm_error("ANTHROPIC_BASE_URL", str(client.base_url), f"cannot reach the Anthropic API {tries} ({exc})",
+                         "check the network / ANTHROPIC_BASE_URL") from None
+    except anthropic.AuthenticationError as exc:
+        raise _llm_error("ANTHROPIC_API_KEY", "(set)", f"the API rejected the key (HTTP {exc.status_code})",
+                         "check ANTHROPIC_API_KEY") from None
+    except anthropic.RateLimitError as exc:
+        raise _llm_error("llm_max_retries", options.max_retries,
+                         f"rate-limited by the Anthropic API (HTTP 429) {tries}",
+                         "wait and try again, or raise llm_max_retries") from None
+    except anthropic.InternalServerError as exc:
+        raise _llm_error("Anthropic API", f"HTTP {exc.status_code}", f"server error {tries}: {_api_message(exc)}",
+                         "try again later") from None
+    except anthropic.APIStatusError as exc:
+        raise _llm_error("Anthropic API", f"HTTP {exc.status_code}", f"request refused: {_api_message(exc)}",
+                         f"check llm_model ({options.model}) and llm_max_tokens") from None
+    except anthropic.CredentialsError as exc:  # a profile or federation setup that does not work
+        raise _llm_error("ANTHROPIC_API_KEY", "(unset)", f"no usable Anthropic credentials ({exc})",
+                         "export ANTHROPIC_API_KEY=...") from None
+
+
+def _api_message(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("message", ""))[:200]
+    return str(exc)[:200]
+
+
+def propose_plan(
+    request_text: str,
+    *,
+    settings: Settings,
+    preset: str = "embedded",
+    name: str | None = None,
+    options: LlmOptions | None = None,
+    client: "anthropic.Anthropic | None" = None,
+    today: _dt.date | None = None,
+) -> LlmDesign:
+    """Ask the model for a plan and validate it, re-asking with the errors for up to max_rounds rounds."""
+    request_text = request_text.strip()
+    if not request_text:
+        raise CkError("--describe", request_text, "empty description",
+                      'say what to compare, e.g. --describe "parity vs Bernoulli p=0.3 at bit lengths 8 and 12"')
+    options = options or LlmOptions.from_settings(settings)
+    skeleton = build_bit_sequences_plan(preset, settings=settings, name=name, today=today)
+    client = client or _make_client(options)
+
+    log = [PendingEntry("LLM_REQUEST", request_text,
+                        result=f"model {options.model}, max_tokens {options.max_tokens}, "
+                               f"timeout {options.timeout_s:g} s, {options.max_retries} retries, "
+                               f"at most {options.max_rounds} rounds",
+                        explanation=f"tool {TOOL_NAME} forced; its input schema is the plan model's JSON schema less "
+                                    f"the fields cruijff_kit fills in; preset {preset} supplies left-out values")]
+    messages: list[dict[str, Any]] = [{"role": "user", "content": request_text}]
+    request = {"system": system_prompt(preset, skeleton), "tools": [tool_definition()],
+               "tool_choice": {"type": "tool", "name": TOOL_NAME}}
+    last_problems: list[str] = []
+    for round_no in range(1, options.max_rounds + 1):
+        response = _create(client, options, messages=messages, **request)
+        uses = [b for b in response.content if b.type == "tool_use"]
+        stats = {"Message ID": response.id, "Model": response.model, "Stop reason": response.stop_reason,
+                 "Tokens": f"{response.usage.input_tokens} in, {response.usage.output_tokens} out"}
+        if response.stop_reason == "refusal":
+            raise _llm_error("--describe", request_text[:60], f"{response.model} declined to propose a plan (refusal)")
+        if response.stop_reason == "max_tokens":
+            raise _llm_error("llm_max_tokens", options.max_tokens, f"{response.model}'s answer was cut off",
+                             "raise llm_max_tokens")
+        mine = [b for b in uses if b.name == TOOL_NAME]
+        if not mine:
+            said = " ".join(b.text for b in response.content if b.type == "text")[:120]
+            raise _llm_error("--describe", request_text[:60],
+                             f"{response.model} answered without a plan (stop_reason {response.stop_reason})"
+                             + (f": {said!r}" if said else ""), "rephrase the description")
+        try:
+            experiment = plan_from_proposal(mine[0].input, skeleton, preset)
+        except ProposalInvalid as exc:
+            last_problems = exc.problems
+            log.append(PendingEntry("LLM_VALIDATE", f"round {round_no} of {options.max_rounds}: invalid proposal",
+                                    result=f"{len(exc.problems)} problem(s): " + "; ".join(exc.problems),
+                                    explanation="sent back as an is_error tool_result" if round_no < options.max_rounds
+                                    else "last round", extra=stats))
+            feedback = ("The plan is not valid:\n" + "\n".join(f"- {p}" for p in exc.problems)
+                        + f"\nCall {TOOL_NAME} again with the corrected complete plan.")
+            messages += [
+                response.to_param(),
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": b.id, "is_error": True,
+                                              "content": feedback if b is mine[0] else "ignored: one plan per turn"}
+                                             for b in uses]},
+            ]
+            continue
+        log.append(PendingEntry("LLM_VALIDATE", f"round {round_no} of {options.max_rounds}: valid proposal",
+                                result=f"{len(experiment.runs)} runs: {', '.join(r.name for r in experiment.runs)}",
+                                explanation="validated with the plan model (Experiment)", extra=stats))
+        return LlmDesign(experiment, response.model, round_no, log)
+
+    raise _llm_error("llm_max_rounds", options.max_rounds,
+                     f"the proposed plan was still invalid after {options.max_rounds} round(s): "
+                     + "; ".join(last_problems[:3]) + (" ..." if len(last_problems) > 3 else ""),
+                     "rephrase the description or raise llm_max_rounds")
+
+
+def design_from_description(
+    request_text: str,
+    *,
+    settings: Settings | None = None,
+    preset: str = "embedded",
+    name: str | None = None,
+    options: LlmOptions | None = None,
+    yes: bool = False,
+    ask: Callable[[str], str] | None = None,
+    command_line: str = "",
+    force: bool = False,
+    out=None,
+) -> Path:
+    """Propose, show, confirm and write a plan. Returns the experiment directory.
+
+    `ask(prompt) -> answer` is called unless `yes`; anything but y/yes declines (nothing written).
+    """
+    out = out or sys.stdout
+    settings = settings or load_settings()
+    design = propose_plan(request_text, settings=settings, preset=preset, name=name, options=options)
+    command = command_line or shlex.join(["ck", "design", "--describe", request_text])
+
+    def confirm(exp: Experiment, checks: list[Check]) -> bool:
+        print(f"Plan proposed by {design.model_id} (valid after {design.rounds} round(s)):", file=out)
+        print(f"purpose: {exp.purpose}", file=out)
+        print(runs_table(exp), file=out)
+        for c in checks:
+            print(f"  {c.action:<15} {c.description}: {c.result}", file=out)
+        if yes:
+            how = "--yes"
+        else:
+            if ask is None:
+                raise CkError("--yes", "not given", "cannot ask for confirmation without a terminal",
+                              "re-run with --yes after checking the description")
+            answer = ask(f"Write this plan to {exp.experiment_dir}? [y/N] ").strip().lower()
+            if answer not in ("y", "yes"):
+                return False
+            how = "confirmed at the prompt"
+        design.log.append(PendingEntry("LLM_DECISION", f"accepted the plan of {design.model_id}",
+                                       result=f"{how}; {len(exp.runs)} runs after {design.rounds} round(s)",
+                                       explanation="written through design.write_experiment, "
+                                                   "like ck design bit-sequences"))
+        # The last gate before write_experiment writes: the LLM entries go first in the log.
+        exp_dir = Path(exp.experiment_dir)
+        for entry in design.log:
+            explog.append_entry(exp_dir, "design", entry.action, entry.description, command=command,
+                                result=entry.result, explanation=entry.explanation, extra=entry.extra, when=entry.when)
+        return True
+
+    return write_experiment(design.experiment, command, force=force, confirm=confirm,
+                            explanation=f"designed by {design.model_id} from: {request_text}")
+
+
+# ---------------------------------------------------------------- `ck design --describe`
+
+
+# Flags of `ck design bit-sequences` that --describe shares: (flag, dest, help).
+DESCRIBE_SETTING_FLAGS = (
+    ("--scratch", "scratch", "scratch root (setting scratch)"),
+    ("--models-dir", "models_dir", "model directories (setting models_dir)"),
+    ("--data-dir", "data_dir", "where datasets are generated (setting data_dir)"),
+    ("--wandb-project", "wandb_project", "W&B project (setting wandb_project)"),
+)
+
+
+def add_describe_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `ck design --describe TEXT` (on the `design` parser, beside its targets).
+
+    Defaults are SUPPRESS so these never shadow the same-named options of `ck design bit-sequences`.
+    """
+    group = parser.add_argument_group(
+        "natural-language design (needs ANTHROPIC_API_KEY; the model is the setting llm_model)",
+        'ck design --describe "compare parity and Bernoulli p=0.3 at bit lengths 8 and 12" [--yes]')
+    group.add_argument("--describe", metavar="TEXT", default=None,
+                       help="describe the experiment in words ('-' reads it from stdin); an LLM proposes the runs, "
+                            "which are validated, shown and written like `ck design bit-sequences`")
+    hidden = argparse.SUPPRESS
+    group.add_argument("--preset", choices=list(presets.PRESETS), default=hidden,
+                       help="with --describe: sizes for what the description leaves open (default embedded)")
+    group.add_argument("--name", default=hidden,
+                       help="with --describe: experiment name (default sanity_check_bit_sequences_DATE)")
+    group.add_argument("--yes", "-y", action="store_true", default=hidden,
+                       help="with --describe: do not ask for confirmation")
+    group.add_argument("--force", action="store_true", default=hidden, help="with --describe: replace an existing plan")
+    for flag, dest, help_text in DESCRIBE_SETTING_FLAGS:
+        group.add_argument(flag, dest=dest, metavar="VALUE", default=hidden, help=f"with --describe: {help_text}")
+
+
+def _read_description(value: str) -> str:
+    if value != "-":
+        return value
+    if sys.stdin.isatty():
+        print("Describe the experiment, then Ctrl-D:", file=sys.stderr)
+    return sys.stdin.read()
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    if getattr(args, "target", None):
+        raise CkError("--describe", args.describe, f"cannot be combined with the target {args.target}",
+                      "use either `ck design --describe TEXT` or `ck design bit-sequences ...`")
+    yes, force = bool(getattr(args, "yes", False)), bool(getattr(args, "force", False))
+    from_stdin = args.describe == "-"
+    if not yes and (from_stdin or not sys.stdin.isatty()):  # decided before any token is spent
+        raise CkError("--yes", "not given", "cannot ask for confirmation: stdin is not a terminal"
+                      + (" (it carries the description)" if from_stdin else ""), "add --yes")
+    text = _read_description(args.describe)
+    settings = load_settings({dest: getattr(args, dest, None) for _, dest, _ in DESCRIBE_SETTING_FLAGS})
+
+    words = ["ck", "design", "--describe", text.strip()]
+    for flag, dest in [("--preset", "preset"), ("--name", "name")] + [f[:2] for f in DESCRIBE_SETTING_FLAGS]:
+        if getattr(args, dest, None) is not None:
+            words += [flag, str(getattr(args, dest))]
+    words += [flag for flag, on in (("--yes", yes), ("--force", force)) if on]
+
+    exp_dir = design_from_description(
+        text, settings=settings, preset=getattr(args, "preset", "embedded"), name=getattr(args, "name", None),
+        yes=yes, ask=input, command_line=shlex.join(words), force=force,
+    )
+    print(f"\nwrote {exp_dir / 'experiment_summary.md'}")
+    print(f"log   {exp_dir / 'design-experiment.log'}")
+    print(f"next: ck scaffold {exp_dir}")
+    return 0
