@@ -1,0 +1,48 @@
+"""`ck summarize EXP_DIR`: per-run numbers, plots and a PASS / FAIL / INCONCLUSIVE verdict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+
+from cruijff_kit.summarize import PLOTS_DIR, RESULTS_HEADING, SUMMARY_JSON, summarize_experiment, verdict_table
+
+
+def _paragraphs(text: str) -> str:
+    return "\n\n".join(textwrap.fill(p, width=88) for p in text.split("\n\n"))
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.description = ("Judge every run of an experiment: final and best validation answer-token loss and "
+                          "accuracy, the floor each should reach, and a PASS / FAIL / INCONCLUSIVE verdict with "
+                          "its reason; plus plots, summary.json and the Results section of experiment_summary.md.")
+    parser.add_argument("exp_dir", metavar="EXP_DIR",
+                        help="experiment directory (the one holding experiment_summary.md)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as JSON instead of the verdict table")
+    parser.add_argument("--no-write", dest="write", action="store_false",
+                        help=f"only print: do not write {PLOTS_DIR}/, {SUMMARY_JSON} or the ## {RESULTS_HEADING} section")
+    parser.epilog = _paragraphs(
+        "Reads <output_dir>/logs/metrics.jsonl and val_predictions.jsonl of each run and the run's dataset. "
+        f"Writes {PLOTS_DIR}/<run>.png, {PLOTS_DIR}/comparison.png, {SUMMARY_JSON} and the ## {RESULTS_HEADING} "
+        "section of experiment_summary.md. Exit status 0 only when every run is PASS, 1 otherwise.\n\n"
+        "Verdicts (answer-token loss in nats; full rules in the docstring of cruijff_kit/summarize.py): "
+        "parity runs PASS at validation accuracy >= 0.99 on the strings whose parity can be inferred from "
+        "training; Bernoulli(p) runs PASS when the validation loss is within about 2 standard errors of "
+        "H(p-hat), p-hat being the validation split's label frequency, and FAIL below it (information leaked); "
+        "noisy parity PASSes near accuracy 1-p-hat and loss H(p-hat). Short of the goal: INCONCLUSIVE while the "
+        "loss was still falling (train longer), else FAIL. No validation rows or no metrics: FAIL."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    result = summarize_experiment(args.exp_dir, write=args.write)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(verdict_table(result))
+        if result.summary_json:
+            print(f"wrote {result.summary_json}, {PLOTS_DIR}/ and ## {RESULTS_HEADING} in experiment_summary.md")
+    return result.exit_code

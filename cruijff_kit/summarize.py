@@ -1,0 +1,878 @@
+"""Step 4: per-run numbers, plots and a PASS / FAIL / INCONCLUSIVE verdict.
+
+`summarize_experiment(exp_dir)` reads, for every run of the plan, `<output_dir>/logs/metrics.jsonl`,
+`<output_dir>/logs/val_predictions.jsonl` and the run's dataset file, judges the run with
+`judge_run` (a pure function of those three and the run's expectation), draws the plots, and writes
+`## Results` of experiment_summary.md and `summary.json` beside it.
+
+Verdict rules
+-------------
+
+All losses are the cross-entropy at the answer token, in nats; "accuracy" is argmax at the answer
+token == label. n is the number of validation examples judged. "The noise margin" of a loss is
+2 standard errors plus EPS_NATS: 2 * s / sqrt(n) + 0.01, where s is the larger of (a) the standard
+deviation of the per-example log-loss of an ideal predictor that says p-hat everywhere,
+|ln((1 - p-hat) / p-hat)| * sqrt(p-hat (1 - p-hat)), and (b) sqrt(p-hat (1 - p-hat)) times the
+standard deviation over examples of the model's log-odds of label 1 (recovered from answer_loss in
+val_predictions.jsonl). (b) is how far below H(p-hat) a model whose predictions vary from string to
+string lands by chance alone, when some of its variation happens to line up with random labels.
+The noise margin of an accuracy is 2 * sqrt(a (1 - a) / n) + 0.01 for the ideal accuracy a.
+
+Checked first, for every run:
+
+1. No metrics.jsonl -> FAIL (the run never started, or wrote somewhere else).
+2. No `val` rows -> FAIL "validation was not wired" (run_val_every_n_steps 0, or no dataset_val).
+3. No `end` row -> FAIL (training crashed or was killed before its end).
+
+When `ck run` launched the runs, its record (.ck-run-state.json) adds the job's state to the reason
+of a non-PASS run (e.g. "job 123 FAILED, exit 1; see slurm-123.out"); a job still PENDING or RUNNING
+makes the verdict INCONCLUSIVE ("summarize again when it has ended"), and a PASS whose job did not
+complete gets a warning.
+
+Then by the run's data (the generator arguments in the plan; `expected.kind` when there are none):
+
+- Clean parity (bit_parity, p = 0; kind learnable): PASS when validation accuracy >= the target
+  (0.99). At small bit_length a validation string whose number of ones occurs in no training string
+  (e.g. 00000000: de-duplication removed its only representative from training) cannot be inferred
+  by counting, so accuracy is computed on the *inferable* validation strings only (from the dataset
+  file and val_predictions.jsonl); the uninferable ones are listed in the report, not held against
+  the model. Validation strings leaked into training are left out too (they test memory, not the
+  rule) and flagged. Below the target: INCONCLUSIVE if the validation loss was still falling at
+  the end ("train longer"; the reason also gives the training loss against the floor), else FAIL.
+  A parity run with shuffled labels cannot learn anything, plateaus near chance and FAILs.
+- Bernoulli(p) labels (not bit_parity; kind floor): p-hat is the label frequency actually in the
+  validation split (a finite split is not exactly p), the floor is H(p-hat). Loss below
+  floor - margin -> FAIL (the model knows something about labels that are independent of the
+  inputs: information leaked). Loss within
+  [floor - margin, floor + KL(p-hat || p-hat_train) + margin + 0.02] -> PASS. The KL term is what a
+  model that learned the training split's frequency exactly must pay on validation; the extra
+  0.02 nats above (EXTRA_ABOVE_NATS) allows for the probability a briefly trained model still puts
+  on tokens other than "0"/"1" (2 % of the mass costs 0.02 nats) - being above the floor is
+  under-training, being below it is a leak, so only the upper side is widened. Above the window:
+  INCONCLUSIVE if the loss was still falling, else FAIL.
+- Noisy parity (bit_parity, p > 0): p-hat is the fraction of (inferable) validation labels that
+  disagree with parity. PASS when accuracy is within its margin of max(p-hat, 1 - p-hat) and the
+  loss within the Bernoulli window around H(p-hat) (KL term from the training split's noise rate).
+  Accuracy above the window or loss below it -> FAIL (leak). Otherwise INCONCLUSIVE if still
+  falling, else FAIL.
+- Generic `learnable` / `floor` runs without generator arguments: accuracy >= target_accuracy, or
+  loss within the margin of floor_nats, with the same still-falling rule.
+
+"Still falling": a robust (Theil-Sen: median pairwise slope) line through the validation answer
+losses of the second half of training (the evaluations at or after the midpoint step, at least the
+last two) falls by more than the noise margin, and by at least 0.03 nats, from the first of them to
+the final one; with a single evaluation, the same line through the training answer losses of the
+second half.
+
+Warnings (do not change the verdict unless said above):
+
+- validation strings that also occur in the training split (leak; the generator promises none);
+- dataset labels that do not match the declared generator (e.g. parity labels shuffled);
+- overfitting: the final validation loss (on the judged strings) is more than 0.1 nats + margin
+  above and 1.5x the training answer loss at the end of training (mean of the last 10 % of steps);
+- for Bernoulli runs, accuracy above max(p-hat, 1 - p-hat) + margin;
+- missing val_predictions.jsonl or dataset file (the subset checks are then skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from cruijff_kit.errors import CkError
+from cruijff_kit.fsutil import atomic_write_json
+from cruijff_kit.markdown_sections import set_section
+
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+EPS_NATS = 0.01
+EXTRA_ABOVE_NATS = 0.02
+EPS_ACC = 0.01
+MIN_FALLING_NATS = 0.03
+DEFAULT_TARGET_ACCURACY = 0.99
+OVERFIT_NATS = 0.1
+OVERFIT_RATIO = 1.5
+SUMMARY_JSON = "summary.json"
+RESULTS_HEADING = "Results"
+PLOTS_DIR = "plots"
+COMPARISON_PLOT = "comparison.png"
+MAX_LISTED = 20
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs and outputs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Expectation:
+    """What a run should reach: the plan's `expected`, plus the generator arguments when known."""
+
+    kind: str  # "learnable" | "floor"
+    floor_nats: float
+    target_accuracy: float | None = None
+    bit_parity: bool | None = None
+    p: float | None = None
+    note: str = ""
+
+    @property
+    def rule(self) -> str:
+        if self.bit_parity is True:
+            return "parity" if not self.p else "noisy_parity"
+        if self.bit_parity is False:
+            return "bernoulli"
+        return self.kind
+
+
+@dataclass
+class RunSummary:
+    name: str
+    verdict: str
+    reason: str
+    rule: str
+    warnings: list[str] = field(default_factory=list)
+    final_val_answer_loss: float | None = None
+    best_val_answer_loss: float | None = None
+    final_val_answer_acc: float | None = None
+    best_val_answer_acc: float | None = None
+    final_train_answer_loss: float | None = None
+    final_train_answer_acc: float | None = None
+    floor_nats: float | None = None  # the floor the verdict used (H(p-hat) for floor runs)
+    declared_floor_nats: float | None = None  # the plan's expected.floor_nats
+    target_accuracy: float | None = None
+    judged_loss: float | None = None
+    judged_accuracy: float | None = None
+    judged_examples: int | None = None
+    loss_margin_nats: float | None = None
+    p_hat: float | None = None
+    val_examples: int | None = None
+    steps: int | None = None
+    still_falling: bool | None = None
+    uninferable: list[str] = field(default_factory=list)
+    leaked: list[str] = field(default_factory=list)
+    metrics_path: str | None = None
+    predictions_path: str | None = None
+    job_id: str | None = None
+    job_state: str | None = None  # from the monitor's .ck-run-state.json, when there is one
+    job_log: str | None = None
+    plot: str | None = None  # relative to the experiment dir
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ExperimentSummary:
+    name: str
+    experiment_dir: str
+    runs: list[RunSummary]
+    comparison_plot: str | None = None
+    summary_json: str | None = None
+
+    @property
+    def all_pass(self) -> bool:
+        return bool(self.runs) and all(r.verdict == PASS for r in self.runs)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.all_pass else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "experiment_dir": self.experiment_dir,
+            "all_pass": self.all_pass,
+            "comparison_plot": self.comparison_plot,
+            "runs": [r.to_dict() for r in self.runs],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+# ---------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict] | None:
+    """Rows of a JSON-lines file; None when the file does not exist. A torn last line is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    rows = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # still being written
+                continue
+            raise CkError(str(path), f"line {i + 1}", "is not JSON", "the file is corrupt; re-run the training") from None
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_dataset(path: str | os.PathLike) -> dict | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CkError("dataset", str(path), "is not valid JSON", "regenerate it with `ck generate bit-sequences`") from None
+    if not isinstance(data, dict) or not isinstance(data.get("train"), list) or not isinstance(data.get("validation"), list):
+        raise CkError("dataset", str(path), "needs top-level `train` and `validation` lists", "regenerate it")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def binary_entropy(p: float) -> float:
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return -(p * math.log(p) + (1.0 - p) * math.log(1.0 - p))
+
+
+def bernoulli_kl(p: float, q: float) -> float:
+    """KL(Bernoulli(p) || Bernoulli(q)) in nats; q is clipped away from 0 and 1."""
+    q = min(max(q, 1e-6), 1 - 1e-6)
+    total = 0.0
+    if p > 0:
+        total += p * math.log(p / q)
+    if p < 1:
+        total += (1 - p) * math.log((1 - p) / (1 - q))
+    return max(total, 0.0)
+
+
+def ideal_log_loss_std(p: float) -> float:
+    """Std of the per-example log-loss of a predictor that says p everywhere, labels ~ Bernoulli(p)."""
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return abs(math.log((1 - p) / p)) * math.sqrt(p * (1 - p))
+
+
+def _std(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def log_odds_of_one(prediction: dict) -> float | None:
+    """The model's ln(P(1) / P(0)) for one val_predictions row, assuming its mass is on "0" and "1"."""
+    loss = _num(prediction.get("answer_loss"))
+    if loss is None:
+        return None
+    q_target = min(max(math.exp(-loss), 1e-4), 1 - 1e-4)
+    q_one = q_target if _label(prediction.get("target")) == "1" else 1 - q_target
+    return math.log(q_one / (1 - q_one))
+
+
+def loss_margin(n: int, p_hat: float, predictions: Sequence[dict] = ()) -> float:
+    """2 standard errors of a mean answer loss over n examples around H(p_hat), plus EPS_NATS."""
+    odds = [v for p in predictions if (v := log_odds_of_one(p)) is not None]
+    chance = math.sqrt(p_hat * (1 - p_hat)) * _std(odds)
+    s = max(ideal_log_loss_std(p_hat), chance)
+    return 2.0 * s / math.sqrt(max(n, 1)) + EPS_NATS
+
+
+def accuracy_margin(n: int, accuracy: float) -> float:
+    a = min(max(accuracy, 0.0), 1.0)
+    return 2.0 * math.sqrt(a * (1 - a) / max(n, 1)) + EPS_ACC
+
+
+# ---------------------------------------------------------------------------------------------
+# Facts about the data
+# ---------------------------------------------------------------------------------------------
+
+
+def parity_label(bits: str) -> str:
+    return str(bits.count("1") % 2)
+
+
+def _label(value: Any) -> str:
+    return str(value).strip()
+
+
+@dataclass
+class DataFacts:
+    leaked: list[str]  # validation strings that occur in training
+    uninferable: set[str]  # validation strings whose number of ones occurs in no training string
+    train_label_freq: float | None  # fraction of "1" labels in training
+    val_label_freq: float | None
+    train_parity_disagreement: float | None  # fraction of training labels != parity
+    val_parity_disagreement: float | None
+    n_train: int
+    n_val: int
+
+
+def data_facts(dataset: dict) -> DataFacts:
+    train = dataset.get("train") or []
+    val = dataset.get("validation") or []
+    train_inputs = [str(r.get("input", "")) for r in train]
+    val_inputs = [str(r.get("input", "")) for r in val]
+    train_set = set(train_inputs)
+    leaked = sorted({s for s in val_inputs if s in train_set})
+    train_ones = {s.count("1") for s in train_inputs}
+    uninferable = {s for s in val_inputs if s.count("1") not in train_ones}
+
+    def freq(rows):
+        return sum(_label(r.get("output")) == "1" for r in rows) / len(rows) if rows else None
+
+    def disagreement(rows):
+        if not rows:
+            return None
+        return sum(_label(r.get("output")) != parity_label(str(r.get("input", ""))) for r in rows) / len(rows)
+
+    return DataFacts(
+        leaked=leaked, uninferable=uninferable,
+        train_label_freq=freq(train), val_label_freq=freq(val),
+        train_parity_disagreement=disagreement(train), val_parity_disagreement=disagreement(val),
+        n_train=len(train), n_val=len(val),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _series(rows: Iterable[dict], event: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) for every `event` row with a finite `key`; one point per step (the last)."""
+    by_step: dict[int, float] = {}
+    for row in rows:
+        if row.get("event") != event:
+            continue
+        value = _num(row.get(key))
+        step = _num(row.get("step"))
+        if value is None or step is None:
+            continue
+        by_step[int(step)] = value
+    return sorted(by_step.items())
+
+
+def val_series(rows: Sequence[dict], key: str) -> list[tuple[int, float]]:
+    return _series(rows, "val", key)
+
+
+def train_series(rows: Sequence[dict], key: str) -> list[tuple[int, float]]:
+    return _series(rows, "train", key)
+
+
+def _final_val_row(rows: Sequence[dict]) -> dict | None:
+    vals = [r for r in rows if r.get("event") == "val"]
+    if not vals:
+        return None
+    finals = [r for r in vals if r.get("final")]
+    return (finals or vals)[-1]
+
+
+def _tail_mean(series: list[tuple[int, float]], fraction: float = 0.1) -> float | None:
+    """Mean of the points in the last `fraction` of the steps (at least the last point)."""
+    if not series:
+        return None
+    last = series[-1][0]
+    cut = last - fraction * last
+    tail = [v for s, v in series if s >= cut] or [series[-1][1]]
+    return sum(tail) / len(tail)
+
+
+def fitted_drop(points: Sequence[tuple[int, float]]) -> float:
+    """How much a robust line through (step, loss) falls from the first point's step to the last's.
+
+    The line's slope is the median of the pairwise slopes (Theil-Sen), so that one noisy evaluation
+    (the model wanders by a few hundredths of a nat between evaluations) cannot make a flat curve look
+    like a falling one, as first-minus-last or a least-squares line would.
+    """
+    slopes = sorted((y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points)
+                    for x2, y2 in points[i + 1:] if x2 != x1)
+    if not slopes:
+        return 0.0
+    mid = len(slopes) // 2
+    slope = slopes[mid] if len(slopes) % 2 else (slopes[mid - 1] + slopes[mid]) / 2
+    return -slope * (points[-1][0] - points[0][0])
+
+
+def _trend(drop: float) -> str:
+    return f"-{drop:.3f}" if drop >= 0 else f"+{-drop:.3f}"
+
+
+def loss_drop(rows: Sequence[dict]) -> tuple[float | None, str]:
+    """How much the answer loss fell over the second half of training, and how it was measured."""
+    val = val_series(rows, "val_answer_loss")
+    if len(val) >= 2:
+        window = [pt for pt in val if pt[0] >= val[-1][0] / 2]
+        if len(window) < 2:
+            window = val[-2:]
+        drop = fitted_drop(window)
+        return drop, (f"validation loss trend {_trend(drop)} over steps {window[0][0]}-{window[-1][0]}, "
+                      f"{len(window)} evaluations, {window[0][1]:.3f} -> {window[-1][1]:.3f}")
+    train = train_series(rows, "train_answer_loss")
+    if len(train) >= 4:
+        window = [pt for pt in train if pt[0] >= train[-1][0] / 2]
+        drop = fitted_drop(window)
+        return drop, f"training loss trend {_trend(drop)} over steps {window[0][0]}-{window[-1][0]} (one evaluation only)"
+    return None, "too few points to tell"
+
+
+# ---------------------------------------------------------------------------------------------
+# The verdict
+# ---------------------------------------------------------------------------------------------
+
+
+def _listing(strings: Iterable[str]) -> str:
+    items = sorted(strings)
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f", ... (+{len(items) - MAX_LISTED})" if len(items) > MAX_LISTED else "")
+
+
+def _predictions_match(predictions: list[dict], dataset: dict) -> bool:
+    val = dataset.get("validation") or []
+    if len(predictions) != len(val):
+        return False
+    return all(str(p.get("input", "")) == str(v.get("input", "")) for p, v in zip(predictions, val))
+
+
+def _correct(pred: dict) -> bool:
+    return _label(pred.get("predicted")) == _label(pred.get("target"))
+
+
+def judge_run(
+    name: str,
+    metrics: list[dict] | None,
+    predictions: list[dict] | None,
+    dataset: dict | None,
+    expectation: Expectation,
+) -> RunSummary:
+    """The verdict for one run. Pure: the rules are in this module's docstring."""
+    rule = expectation.rule
+    target = expectation.target_accuracy
+    if rule == "parity" or (rule == "learnable" and target is None):
+        target = target if target is not None else DEFAULT_TARGET_ACCURACY
+    summary = RunSummary(name=name, verdict=FAIL, reason="", rule=rule,
+                         declared_floor_nats=expectation.floor_nats, floor_nats=expectation.floor_nats,
+                         target_accuracy=target)
+    warnings = summary.warnings
+
+    if metrics is None:
+        summary.reason = "no metrics.jsonl: the run never started or wrote its logs elsewhere"
+        return summary
+    train_loss = train_series(metrics, "train_answer_loss")
+    train_acc = train_series(metrics, "train_answer_acc")
+    val_loss = val_series(metrics, "val_answer_loss")
+    val_acc = val_series(metrics, "val_answer_acc")
+    summary.final_train_answer_loss = _tail_mean(train_loss)
+    summary.final_train_answer_acc = _tail_mean(train_acc)
+    steps = [int(s) for r in metrics if (s := _num(r.get("step"))) is not None]
+    summary.steps = max(steps) if steps else None
+    final_row = _final_val_row(metrics)
+    if final_row is not None:
+        summary.final_val_answer_loss = _num(final_row.get("val_answer_loss"))
+        summary.final_val_answer_acc = _num(final_row.get("val_answer_acc"))
+        summary.val_examples = int(_num(final_row.get("val_examples")) or 0) or None
+        summary.best_val_answer_loss = min((v for _, v in val_loss), default=None)
+        summary.best_val_answer_acc = max((v for _, v in val_acc), default=None)
+
+    # --- facts about the data, warnings that never depend on the model
+    facts = data_facts(dataset) if dataset is not None else None
+    if facts is None:
+        warnings.append("dataset file not found: leak and inferability checks skipped")
+    else:
+        summary.leaked = facts.leaked
+        if facts.leaked:
+            warnings.append(f"leak: {len(facts.leaked)} validation string(s) also occur in training: {_listing(facts.leaked)}")
+        _check_labels_match_generator(expectation, facts, warnings)
+    if predictions is None:
+        warnings.append("no val_predictions.jsonl: per-string checks use the metrics only")
+    elif dataset is not None and not _predictions_match(predictions, dataset):
+        warnings.append("val_predictions.jsonl does not list the dataset's validation split in order")
+    if not train_loss and not train_acc:
+        summary.reason = "training logged no steps (no `train` rows in metrics.jsonl)"
+        return summary
+    if final_row is None:
+        summary.reason = "validation was not wired: metrics.jsonl has no `val` rows (run_val_every_n_steps 0 or no dataset_val)"
+        return summary
+    if not any(r.get("event") == "end" for r in metrics):
+        summary.reason = f"training did not finish (no `end` row after step {summary.steps}): crashed or killed, see slurm-*.out"
+        return summary
+
+    if rule == "parity" or rule == "learnable":
+        _judge_learnable(summary, predictions, facts, target, metrics)
+    elif rule == "bernoulli":
+        _judge_bernoulli(summary, expectation, predictions, facts, metrics)
+    elif rule == "noisy_parity":
+        _judge_noisy_parity(summary, expectation, predictions, facts, metrics)
+    else:  # generic floor
+        _judge_floor(summary, expectation, predictions, metrics)
+    _check_overfitting(summary)
+    return summary
+
+
+def _check_labels_match_generator(exp: Expectation, facts: DataFacts, warnings: list[str]) -> None:
+    if exp.bit_parity is None or exp.p is None:
+        return
+    for split, n, observed in (
+        ("training", facts.n_train, facts.train_parity_disagreement if exp.bit_parity else facts.train_label_freq),
+        ("validation", facts.n_val, facts.val_parity_disagreement if exp.bit_parity else facts.val_label_freq),
+    ):
+        if observed is None or n == 0:
+            continue
+        if exp.bit_parity and exp.p == 0.0:
+            bad = observed > 0.0
+        else:
+            bad = abs(observed - exp.p) > 4 * math.sqrt(exp.p * (1 - exp.p) / n) + EPS_ACC
+        if bad:
+            what = "disagree with parity" if exp.bit_parity else "are 1"
+            warnings.append(f"{split} labels do not match the generator: {observed:.1%} of them {what}, declared p={exp.p}")
+
+
+def _still_falling(summary: RunSummary, metrics: list[dict], margin: float) -> tuple[bool, str]:
+    drop, how = loss_drop(metrics)
+    falling = drop is not None and drop > max(margin, MIN_FALLING_NATS)
+    summary.still_falling = falling
+    return falling, how
+
+
+def _not_reached(summary: RunSummary, metrics: list[dict], margin: float, shortfall: str) -> None:
+    falling, how = _still_falling(summary, metrics, margin)
+    train = summary.final_train_answer_loss
+    floor = summary.floor_nats or 0.0
+    train_note = f"; training loss {train:.3f} vs floor {floor:.3f}" if train is not None else ""
+    if falling:
+        summary.verdict = INCONCLUSIVE
+        summary.reason = f"{shortfall}, but the loss was still falling ({how}){train_note}: train longer"
+    else:
+        summary.verdict = FAIL
+        summary.reason = f"{shortfall} and the loss was no longer falling ({how}){train_note}"
+
+
+def _judge_learnable(summary, predictions, facts, target, metrics) -> None:
+    judged = None
+    if predictions is not None:
+        uninferable = facts.uninferable if facts is not None else set()
+        leaked = set(facts.leaked) if facts is not None else set()
+        listed = sorted({str(p.get("input", "")) for p in predictions if str(p.get("input", "")) in uninferable})
+        summary.uninferable = listed
+        judged = [p for p in predictions if str(p.get("input", "")) not in uninferable | leaked]
+        if not judged:
+            judged = [p for p in predictions if str(p.get("input", "")) not in uninferable] or predictions
+    if judged:
+        accuracy = sum(_correct(p) for p in judged) / len(judged)
+        losses = [v for p in judged if (v := _num(p.get("answer_loss"))) is not None]
+        summary.judged_loss = sum(losses) / len(losses) if losses else summary.final_val_answer_loss
+        summary.judged_examples = len(judged)
+    else:
+        accuracy = summary.final_val_answer_acc or 0.0
+        summary.judged_loss = summary.final_val_answer_loss
+        summary.judged_examples = summary.val_examples
+        losses = []
+    summary.judged_accuracy = accuracy
+    n = summary.judged_examples or 1
+    summary.loss_margin_nats = 2 * (_std(losses) if losses else math.log(2)) / math.sqrt(n) + EPS_NATS
+    aside = ""
+    if summary.uninferable:
+        aside = f"; {len(summary.uninferable)} uninferable string(s) set aside: {_listing(summary.uninferable)}"
+        summary.warnings.append(
+            f"uninferable: {len(summary.uninferable)} validation string(s) have a number of ones that no training "
+            f"string has, so parity cannot be inferred by counting: {_listing(summary.uninferable)}")
+    scope = "inferable " if summary.uninferable else ""
+    what = f"accuracy {accuracy:.3f} on {n} {scope}validation strings"
+    if accuracy >= target:
+        summary.verdict = PASS
+        summary.reason = f"{what} >= {target}{aside}"
+    else:
+        _not_reached(summary, metrics, summary.loss_margin_nats, f"{what} < {target}{aside}")
+
+
+def _floor_window(summary, p_hat, p_train, predictions, n) -> tuple[float, float, float]:
+    floor = binary_entropy(p_hat)
+    margin = loss_margin(n, p_hat, predictions or [])
+    excess = bernoulli_kl(p_hat, p_train) if p_train is not None else 0.0
+    summary.floor_nats = floor
+    summary.loss_margin_nats = margin
+    summary.p_hat = p_hat
+    return floor - margin, floor + excess + margin + EXTRA_ABOVE_NATS, margin
+
+
+def _judge_bernoulli(summary, exp, predictions, facts, metrics) -> None:
+    n = summary.val_examples or (facts.n_val if facts else 0) or len(predictions or []) or 1
+    if facts is not None and facts.val_label_freq is not None:
+        p_hat, p_train = facts.val_label_freq, facts.train_label_freq
+    elif predictions:
+        p_hat, p_train = sum(_label(p.get("target")) == "1" for p in predictions) / len(predictions), None
+    else:
+        p_hat, p_train = float(exp.p if exp.p is not None else 0.5), None
+        summary.warnings.append(f"validation label frequency unknown: using the declared p={p_hat}")
+    low, high, margin = _floor_window(summary, p_hat, p_train, predictions, n)
+    loss = summary.final_val_answer_loss
+    summary.judged_loss, summary.judged_examples = loss, n
+    summary.judged_accuracy = summary.final_val_answer_acc
+    best_acc = max(p_hat, 1 - p_hat)
+    if summary.judged_accuracy is not None and summary.judged_accuracy > best_acc + accuracy_margin(n, best_acc):
+        summary.warnings.append(f"accuracy {summary.judged_accuracy:.3f} above the best possible {best_acc:.3f} "
+                                "for labels independent of the input: information leaked")
+    where = f"H(p̂={p_hat:.3f}) = {summary.floor_nats:.4f}"
+    if loss is None:
+        summary.reason = "the final validation row has no val_answer_loss"
+    elif loss < low:
+        leak = f"; {len(summary.leaked)} validation strings occur in training" if summary.leaked else ""
+        summary.reason = (f"loss {loss:.4f} is below the floor {where} by more than {margin:.4f}: "
+                          f"the labels are independent of the inputs, so information leaked{leak}")
+    elif loss <= high:
+        summary.verdict = PASS
+        summary.reason = f"loss {loss:.4f} within [{low:.4f}, {high:.4f}] around the floor {where}"
+    else:
+        _not_reached(summary, metrics, margin, f"loss {loss:.4f} above {high:.4f} (floor {where})")
+
+
+def _judge_noisy_parity(summary, exp, predictions, facts, metrics) -> None:
+    uninferable = facts.uninferable if facts is not None else set()
+    judged = [p for p in (predictions or []) if str(p.get("input", "")) not in uninferable]
+    if predictions and uninferable:
+        summary.uninferable = sorted({str(p.get("input", "")) for p in predictions} & uninferable)
+        summary.warnings.append(f"uninferable: {len(summary.uninferable)} validation string(s) set aside: "
+                                f"{_listing(summary.uninferable)}")
+    p_train = facts.train_parity_disagreement if facts is not None else None
+    if judged:
+        n = len(judged)
+        p_hat = sum(_label(p.get("target")) != parity_label(str(p.get("input", ""))) for p in judged) / n
+        accuracy = sum(_correct(p) for p in judged) / n
+        losses = [v for p in judged if (v := _num(p.get("answer_loss"))) is not None]
+        loss = sum(losses) / len(losses) if losses else summary.final_val_answer_loss
+    else:
+        n = summary.val_examples or 1
+        if facts is not None and facts.val_parity_disagreement is not None:
+            p_hat = facts.val_parity_disagreement
+        else:
+            p_hat = float(exp.p)
+            summary.warnings.append(f"validation noise rate unknown: using the declared p={p_hat}")
+        accuracy, loss = summary.final_val_answer_acc, summary.final_val_answer_loss
+    # the noise margin is about the event "label disagrees with parity", whose frequency is p-hat
+    flips = [{"answer_loss": p.get("answer_loss"),
+              "target": "1" if _label(p.get("target")) != parity_label(str(p.get("input", ""))) else "0"} for p in judged]
+    low, high, margin = _floor_window(summary, p_hat, p_train, flips, n)
+    summary.judged_loss, summary.judged_accuracy, summary.judged_examples = loss, accuracy, n
+    best_acc = max(p_hat, 1 - p_hat)
+    summary.target_accuracy = best_acc
+    acc_margin = accuracy_margin(n, best_acc)
+    where = f"H(p̂={p_hat:.3f}) = {summary.floor_nats:.4f}"
+    if loss is None or accuracy is None:
+        summary.reason = "the final validation row has no val_answer_loss / val_answer_acc"
+    elif loss < low or accuracy > best_acc + acc_margin:
+        summary.reason = (f"better than possible: loss {loss:.4f} (floor {where}), accuracy {accuracy:.3f} "
+                          f"(best {best_acc:.3f}): information leaked")
+    elif loss <= high and accuracy >= best_acc - acc_margin:
+        summary.verdict = PASS
+        summary.reason = (f"accuracy {accuracy:.3f} within {acc_margin:.3f} of {best_acc:.3f} and loss {loss:.4f} "
+                          f"within [{low:.4f}, {high:.4f}] around the floor {where}")
+    else:
+        _not_reached(summary, metrics, margin,
+                     f"accuracy {accuracy:.3f} (best {best_acc:.3f}) / loss {loss:.4f} (floor {where}) not reached")
+
+
+def _judge_floor(summary, exp, predictions, metrics) -> None:
+    n = summary.val_examples or len(predictions or []) or 1
+    losses = [v for p in (predictions or []) if (v := _num(p.get("answer_loss"))) is not None]
+    floor = exp.floor_nats
+    margin = 2 * _std(losses) / math.sqrt(n) + EPS_NATS
+    summary.loss_margin_nats = margin
+    loss = summary.final_val_answer_loss
+    summary.judged_loss, summary.judged_accuracy, summary.judged_examples = loss, summary.final_val_answer_acc, n
+    if loss is None:
+        summary.reason = "the final validation row has no val_answer_loss"
+    elif loss < floor - margin:
+        summary.reason = f"loss {loss:.4f} below the floor {floor:.4f} by more than {margin:.4f}: information leaked"
+    elif loss <= floor + margin:
+        summary.verdict = PASS
+        summary.reason = f"loss {loss:.4f} within {margin:.4f} of the floor {floor:.4f}"
+    else:
+        _not_reached(summary, metrics, margin, f"loss {loss:.4f} above the floor {floor:.4f} + {margin:.4f}")
+
+
+def _check_overfitting(summary: RunSummary) -> None:
+    # the judged loss leaves out strings set aside (uninferable, leaked), which no training could fix
+    val = summary.judged_loss if summary.judged_loss is not None else summary.final_val_answer_loss
+    train = summary.final_train_answer_loss
+    if val is None or train is None:
+        return
+    margin = summary.loss_margin_nats or EPS_NATS
+    if val > train + OVERFIT_NATS + margin and val > OVERFIT_RATIO * train:
+        summary.warnings.append(f"overfitting: validation loss {val:.3f} is much worse than training loss {train:.3f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+# ---------------------------------------------------------------------------------------------
+
+
+def expectation_for(run) -> Expectation:
+    """An `Expectation` from a plan's RunPlan (expected + generator arguments)."""
+    expected = run.expected
+    generator = getattr(run.dataset, "generator", None)
+    return Expectation(
+        kind=expected.kind, floor_nats=float(expected.floor_nats), target_accuracy=expected.target_accuracy,
+        bit_parity=generator.bit_parity if generator is not None else None,
+        p=float(generator.p) if generator is not None else None, note=expected.note,
+    )
+
+
+def summarize_experiment(exp_dir: str | os.PathLike, *, write: bool = True, plots: bool = True) -> ExperimentSummary:
+    """Judge every run of the experiment in `exp_dir`; with `write`, also plots, Results and summary.json."""
+    from cruijff_kit.experiment import SUMMARY_NAME, Experiment
+
+    exp_path = Path(exp_dir)
+    if exp_path.name == SUMMARY_NAME:
+        exp_path = exp_path.parent
+    exp = Experiment.load(exp_path)
+    datasets: dict[Path, dict | None] = {}
+    job_states = _job_states(exp_path)
+    runs: list[RunSummary] = []
+    curves: list[tuple[RunSummary, list[dict]]] = []
+    for run in exp.runs:
+        logs = exp.run_output_dir(run.name) / "logs"
+        metrics_path, predictions_path = logs / "metrics.jsonl", logs / "val_predictions.jsonl"
+        data_path = run.dataset.dataset_path(exp)
+        if data_path not in datasets:
+            datasets[data_path] = read_dataset(data_path)
+        metrics = read_jsonl(metrics_path)
+        summary = judge_run(run.name, metrics, read_jsonl(predictions_path), datasets[data_path], expectation_for(run))
+        summary.metrics_path, summary.predictions_path = str(metrics_path), str(predictions_path)
+        _annotate_job(summary, exp_path, run.name, job_states.get(run.name))
+        runs.append(summary)
+        curves.append((summary, metrics or []))
+
+    result = ExperimentSummary(name=exp.name, experiment_dir=str(exp_path), runs=runs)
+    if write:
+        if plots:
+            _draw_plots(exp_path, result, curves)
+        result.summary_json = str(atomic_write_json(exp_path / SUMMARY_JSON, result.to_dict()))
+        set_section(exp_path / SUMMARY_NAME, RESULTS_HEADING, results_markdown(result))
+    return result
+
+
+def _job_states(exp_path: Path) -> dict:
+    """The monitor's record of each run's job ({} when the runs were not launched by `ck run`)."""
+    try:
+        from cruijff_kit.monitor import RunStateFile
+
+        return RunStateFile.load(exp_path).runs
+    except (ImportError, CkError):
+        return {}
+
+
+def _annotate_job(summary: RunSummary, exp_path: Path, run_name: str, job) -> None:
+    """Say what happened to the job when the metrics alone cannot (a crash, a timeout, never submitted)."""
+    if job is None:
+        return
+    summary.job_id, summary.job_state = job.job_id, job.state
+    if job.job_id:
+        try:
+            from cruijff_kit.executors import job_log_path
+
+            summary.job_log = str(job_log_path(exp_path / run_name, job.job_id))
+        except Exception:  # the log path is a hint; a missing finetune.slurm must not stop the summary
+            summary.job_log = None
+    if job.state == "COMPLETED":
+        return
+    from cruijff_kit.executors import is_terminal
+
+    if job.job_id and not is_terminal(job.state) and summary.verdict != PASS:
+        summary.verdict = INCONCLUSIVE
+        summary.reason = f"job {job.job_id} is still {job.state}: summarize again when it has ended ({summary.reason})"
+        return
+    exit_note = f", exit {job.exit_code}" if job.exit_code is not None else ""
+    log_note = f"; see {summary.job_log}" if summary.job_log else ""
+    note = f"job {job.job_id or '(not submitted)'} {job.state}{exit_note}{log_note}"
+    if summary.verdict == PASS:
+        summary.warnings.append(f"the numbers pass but the {note}")
+    else:
+        summary.reason += f" ({note})"
+
+
+def _draw_plots(exp_path: Path, result: ExperimentSummary, curves) -> None:
+    from cruijff_kit import plots
+
+    plot_dir = exp_path / PLOTS_DIR
+    for summary, metrics in curves:
+        path = plot_dir / f"{summary.name}.png"
+        plots.plot_run(path, summary.name, metrics, floor=summary.floor_nats,
+                       target_accuracy=summary.target_accuracy, verdict=summary.verdict)
+        summary.plot = f"{PLOTS_DIR}/{path.name}"
+    plots.plot_comparison(plot_dir / COMPARISON_PLOT,
+                          [(s.name, m, s.floor_nats, s.target_accuracy) for s, m in curves])
+    result.comparison_plot = f"{PLOTS_DIR}/{COMPARISON_PLOT}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def results_markdown(result: ExperimentSummary) -> str:
+    lines = [
+        f"Overall: **{'PASS' if result.all_pass else 'NOT PASS'}** "
+        f"({sum(r.verdict == PASS for r in result.runs)}/{len(result.runs)} runs PASS). "
+        "Answer-token loss in nats. Floor: 0 for clean parity, H(p̂) for label noise, p̂ being the rate "
+        "actually in the validation split. Rules: docstring of `cruijff_kit/summarize.py`.",
+        "",
+        "| run | verdict | final val loss | best val loss | floor | final val acc | best val acc | target acc | reason |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result.runs:
+        lines.append(
+            f"| {r.name} | **{r.verdict}** | {_fmt(r.final_val_answer_loss)} | {_fmt(r.best_val_answer_loss)} | "
+            f"{_fmt(r.floor_nats)} | {_fmt(r.final_val_answer_acc, 3)} | {_fmt(r.best_val_answer_acc, 3)} | "
+            f"{_fmt(r.target_accuracy, 3)} | {_md_cell(r.reason)} |")
+    for r in result.runs:
+        if r.warnings:
+            lines += ["", f"Warnings for {r.name}:", ""] + [f"- {_md_cell(w)}" for w in r.warnings]
+    plots_lines = [f"![{r.name}]({r.plot})" for r in result.runs if r.plot]
+    if result.comparison_plot:
+        plots_lines.append(f"![all runs]({result.comparison_plot})")
+    if plots_lines:
+        lines += ["", "Plots (dashed: floor / target accuracy):", ""] + plots_lines
+    return "\n".join(lines)
+
+
+def verdict_table(result: ExperimentSummary) -> str:
+    header = ("run", "verdict", "val loss", "floor", "val acc", "target", "reason")
+    rows = [header] + [
+        (r.name, r.verdict, _fmt(r.final_val_answer_loss), _fmt(r.floor_nats), _fmt(r.final_val_answer_acc, 3),
+         _fmt(r.target_accuracy, 3), r.reason)
+        for r in result.runs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    out = []
+    for row in rows:
+        out.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    for r in result.runs:
+        for w in r.warnings:
+            out.append(f"  warning [{r.name}]: {w}")
+    overall = "PASS" if result.all_pass else "NOT PASS"
+    out.append(f"overall: {overall} ({sum(r.verdict == PASS for r in result.runs)}/{len(result.runs)} runs PASS)")
+    return "\n".join(out)
