@@ -112,6 +112,20 @@ def read_metrics(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "logs" / "metrics.jsonl").read_text().splitlines()]
 
 
+def epoch_started(output_dir: Path, epoch: int) -> bool:
+    path = output_dir / "logs" / "metrics.jsonl"
+    if not path.exists():
+        return False
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line being written right now
+            continue
+        if row.get("event") == "train" and row.get("epoch") == epoch:
+            return True
+    return False
+
+
 def subprocess_env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("WANDB_MODE", None)
@@ -288,9 +302,12 @@ def test_tune_run_killed_run_resumes_from_saved_epoch(tmp_path, tiny_dir, data_f
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 180
-        while not recipe_state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        # kill once epoch 1 has started training: the epoch-0 checkpoint is then completely written
+        # (torch.save writes in place, so the file's mere existence is not enough)
+        while not epoch_started(out, 1) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert recipe_state.exists(), "no epoch-0 checkpoint: " + (proc.stderr.read()[-2000:] if proc.poll() is not None else "")
+        assert recipe_state.exists() and epoch_started(out, 1), \
+            "no epoch-0 checkpoint: " + (proc.stderr.read()[-2000:] if proc.poll() is not None else "")
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
