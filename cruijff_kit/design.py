@@ -98,6 +98,17 @@ def _validated(model_cls, data: dict[str, Any], where: str):
         raise plan_error(exc, where) from None
 
 
+def preset_run_defaults(preset: str, run_name: object = None, bit_parity: object = None) -> dict[str, Any]:
+    """Generator arguments a run takes from the preset when it does not give them: those of the
+    preset run of the same name, else of the first preset run with the same kind of labels, else
+    of the first preset run. Every designer (flags, --add-run, --describe) uses this one rule."""
+    runs = presets.PRESETS[preset]["runs"]
+    chosen = runs.get(run_name) if isinstance(run_name, str) else None
+    if chosen is None:
+        chosen = next((a for a in runs.values() if a["bit_parity"] == bit_parity), next(iter(runs.values())))
+    return {k: chosen[k] for k in ("bit_length", "N", "val_size")} | {"seed": chosen.get("seed", 42)}
+
+
 def build_bit_sequences_plan(
     preset: str = "embedded",
     *,
@@ -148,13 +159,14 @@ def build_bit_sequences_plan(
         if unknown or "name" not in extra or extra.get("labels") not in LABEL_KINDS:
             raise CkError("extra run", extra, "needs name, labels (parity|bernoulli), bit_length, p; optional N, val_size, seed",
                           "e.g. {'name': 'noisy_run', 'labels': 'parity', 'bit_length': 8, 'p': 0.1}")
+        like = preset_run_defaults(preset, extra["name"], extra["labels"] == "parity")
         args = {
-            "bit_length": extra.get("bit_length", overrides.get("bit_length", first["bit_length"])),
-            "N": extra.get("N", overrides.get("N", first["N"])),
-            "val_size": extra.get("val_size", overrides.get("val_size", first["val_size"])),
+            "bit_length": extra.get("bit_length", overrides.get("bit_length", like["bit_length"])),
+            "N": extra.get("N", overrides.get("N", like["N"])),
+            "val_size": extra.get("val_size", overrides.get("val_size", like["val_size"])),
             "bit_parity": extra["labels"] == "parity",
             "p": extra.get("p", 0.0),
-            "seed": extra.get("seed", overrides.get("data_seed", first.get("seed", 42))),
+            "seed": extra.get("seed", overrides.get("data_seed", like["seed"])),
         }
         run_args.append((str(extra["name"]), args))
 

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import ValidationError
 
 from cruijff_kit import explog, presets
-from cruijff_kit.design import SEED_LABELS, Check, build_bit_sequences_plan, dataset_label, runs_table, write_experiment
+from cruijff_kit.design import (SEED_LABELS, Check, build_bit_sequences_plan, dataset_label, preset_run_defaults, runs_table,
+                               write_experiment)
 from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import BitSequenceArgs, Experiment, expected_for
 from cruijff_kit.settings import Settings, load_settings
@@ -63,7 +64,6 @@ PROPOSAL_REQUIRED: dict[str, tuple[str, ...]] = {"DatasetPlan": ("generator",)}
 PROPOSAL_DESCRIPTIONS = {
     "DatasetPlan": "The run's dataset, generated from `generator`; cruijff_kit chooses its file name.",
 }
-GENERATOR_DEFAULT_KEYS = ("bit_length", "N", "val_size")
 
 # Settings keys (getattr defaults until settings.py carries them).
 LLM_DEFAULTS = {"llm_model": "claude-sonnet-4-6", "llm_max_tokens": 4096, "llm_timeout": 60.0,
@@ -162,16 +162,16 @@ def tool_definition() -> dict[str, Any]:
     }
 
 
-def generator_defaults(preset: str) -> dict[str, Any]:
-    """What `ck design bit-sequences --add-run` takes from the preset's first run when not given."""
-    first = next(iter(presets.PRESETS[preset]["runs"].values()))
-    return {k: first[k] for k in GENERATOR_DEFAULT_KEYS} | {"seed": first.get("seed", 42)}
+def generator_defaults(preset: str, run_name: Any = None, bit_parity: Any = None) -> dict[str, Any]:
+    """What a proposed run takes from the preset when not given: the same rule as `--add-run`."""
+    return preset_run_defaults(preset, run_name, bit_parity)
 
 
 def system_prompt(preset: str, skeleton: Experiment) -> str:
     run = skeleton.runs[0]
     defaults = {"model": run.model, "hyper": run.hyper.model_dump(), "compute": run.compute.model_dump(),
-                "dataset.generator": generator_defaults(preset)}
+                "dataset.generator (parity runs)": generator_defaults(preset, None, True),
+                "dataset.generator (Bernoulli runs)": generator_defaults(preset, None, False)}
     return (
         "You design fine-tuning sanity checks for cruijff_kit. The task is binary classification of bit strings: "
         "each dataset is generated from `dataset.generator` arguments. bit_parity=true: the label is the parity of "
@@ -235,8 +235,6 @@ def plan_from_proposal(proposal: Any, skeleton: Experiment, preset: str) -> Expe
         raise ProposalInvalid([f"(plan): must be an object with purpose and runs (got {type(proposal).__name__})"])
     problems = [f"{key}: set by cruijff_kit, leave it out" for key in TOOLKIT_FIELDS["Experiment"] if key in proposal]
     base_run = skeleton.runs[0]
-    defaults = generator_defaults(preset)
-
     runs = proposal.get("runs")
     built_runs: Any = runs
     if isinstance(runs, list):
@@ -256,6 +254,7 @@ def plan_from_proposal(proposal: Any, skeleton: Experiment, preset: str) -> Expe
             problems += [f"{where}.dataset.{key}: set by cruijff_kit, leave it out"
                          for key in TOOLKIT_FIELDS["DatasetPlan"] if key in dataset]
             try:
+                defaults = generator_defaults(preset, run.get("name"), dataset["generator"].get("bit_parity"))
                 generator = BitSequenceArgs.model_validate(defaults | dataset["generator"])
             except ValidationError as exc:
                 problems += _problems(exc, f"{where}.dataset.generator")

@@ -154,7 +154,7 @@ def test_bad_design_input_writes_nothing(scratch, capsys):
 def test_dedup_estimate_and_warning(scratch, capsys):
     args = BitSequenceArgs(bit_length=5, N=3000, val_size=64, bit_parity=True, p=0.0)
     assert expected_dedup_loss(args) == pytest.approx(1 - (31 / 32) ** 64)
-    exp_dir = design_bit_sequences("embedded", name="short", overrides={"bit_length": 5})
+    exp_dir = design_bit_sequences("embedded", name="short", overrides={"bit_length": 5, "N": 3000, "val_size": 64})
     assert "WARNING" in capsys.readouterr().err
     dataset_entries = [e for e in explog.read_log(exp_dir, "design") if e.action == "VERIFY_DATASET"]
     assert all("WARNING" in e.fields["Explanation"] and "87%" in e.fields["Explanation"] for e in dataset_entries)
