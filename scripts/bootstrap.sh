@@ -15,7 +15,9 @@ want="$(cat "$ROOT/pyproject.toml" "$ROOT/requirements.lock" | sha256sum | cut -
 stamp="$VENV/.ck-install-stamp"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[bootstrap] installing torch==2.13.0 (CPU) first, then cruijff_kit" >&2
-  "$VENV/bin/python" -m pip install --quiet torch==2.13.0 >&2
-  "$VENV/bin/python" -m pip install --quiet -c "$ROOT/requirements.lock" -e "$ROOT[dev]" >&2
+  # (the grep drops pip's notes about this machine's local package mirrors, which are noise here)
+  "$VENV/bin/python" -m pip install --quiet torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
+  "$VENV/bin/python" -m pip install --quiet -c "$ROOT/requirements.lock" -e "$ROOT[dev]" 2>&1 \
+    | { grep -v "is ignored: it is neither" || true; } >&2
   echo "$want" > "$stamp"
 fi

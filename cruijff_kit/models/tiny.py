@@ -16,9 +16,9 @@ The architecture is Llama 3.2 (torchtune's `llama3_2` component builders) with s
 dimensions, `TINY_DIMS` below being the single source of truth for both the files written here and
 `lora_tiny_llama`, the model `_component_` of finetune.yaml.
 
-The base weights are random (normal, std `INIT_STD` = 0.1; Llama's own 0.02 learned nothing in our
-measurements), deterministic from a seed, except the key projections, which are zero (`ZERO_INIT`:
-uniform causal attention, so parity is learned as a function of the count of ones).
+The base weights are random (normal, std `INIT_STD` = 0.3, see there), deterministic from a seed,
+except the key projections, which are zero (`ZERO_INIT`: uniform causal attention, so parity is learned
+as a function of the count of ones).
 """
 
 from __future__ import annotations
@@ -84,7 +84,12 @@ TINY_DIMS = {
     "norm_eps": 1e-5,
     "scale_factor": 32,
 }
-INIT_STD = 0.1
+# The initialisation is chosen so the sanity check is learnable. With rank-8 LoRA, 8-bit parity behind the
+# chat template (train_on_input False) generalised within ~250 steps for 5 of 5 (training seed, data seed)
+# pairs and 4 other base seeds at std 0.3 (0.5 as well); at 0.1 it stayed at chance for 1000 steps, and
+# Llama's own 0.02 never learned it. A larger std gives the frozen MLPs sharper random features of the
+# (count of ones) signal, from which LoRA can assemble the parity sawtooth.
+INIT_STD = 0.3
 # Zero key projections make every attention score 0: each position attends uniformly to its prefix, so
 # the model sees the input bits as a bag of tokens and the only thing it can learn about a bit string is
 # its count of ones. Parity then generalises to held-out strings whose count occurs in training (the
