@@ -36,7 +36,7 @@ def test_loads_through_full_model_hf_checkpointer_into_the_lora_builder(tiny_dir
     from safetensors.torch import load_file
     from torchtune.training import FullModelHFCheckpointer
 
-    from cruijff_kit.models.tiny import lora_tiny_llama
+    from cruijff_kit.models.tiny import INIT_STD, lora_tiny_llama
 
     hf_keys = set(load_file(str(tiny_dir / "model.safetensors")))
     assert "model.embed_tokens.weight" in hf_keys and "model.layers.0.self_attn.q_proj.weight" in hf_keys
@@ -48,7 +48,8 @@ def test_loads_through_full_model_hf_checkpointer_into_the_lora_builder(tiny_dir
     assert unexpected == []
     assert all("lora" in key for key in missing)
     weights = torch.cat([v.flatten() for k, v in state.items() if v.dim() == 2])
-    assert 0.08 < float(weights.std()) < 0.12  # INIT_STD 0.1: the learnable initialisation
+    # the learnable initialisation (key projections are zero, so the std is a little below INIT_STD)
+    assert 0.8 * INIT_STD < float(weights.std()) < 1.2 * INIT_STD
 
 
 def test_tokenizer_has_one_token_per_bit_and_the_llama3_chat_format(tiny_dir):

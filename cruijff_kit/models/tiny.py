@@ -84,11 +84,12 @@ TINY_DIMS = {
     "norm_eps": 1e-5,
     "scale_factor": 32,
 }
-# The initialisation is chosen so the sanity check is learnable. With rank-8 LoRA, 8-bit parity behind the
-# chat template (train_on_input False) generalised within ~250 steps for 5 of 5 (training seed, data seed)
-# pairs and 4 other base seeds at std 0.3 (0.5 as well); at 0.1 it stayed at chance for 1000 steps, and
-# Llama's own 0.02 never learned it. A larger std gives the frozen MLPs sharper random features of the
-# (count of ones) signal, from which LoRA can assemble the parity sawtooth.
+# The initialisation is chosen so the sanity check is learnable. With rank-8 LoRA at lr 3e-3 (the embedded
+# preset), 8-bit parity behind the chat template (train_on_input False) generalised to every held-out string
+# by step 250-550 at std 0.3, for 10 of 10 (training seed, data seed) pairs on base seed 0 and for base seeds
+# 1-4 (0.5 learned as well); at std 0.1 it stayed at chance (535 steps at lr 3e-3, 1070 at 1e-2), and
+# Llama's own 0.02 never learned it. A larger std gives the frozen MLPs sharper random features of the count
+# of ones, from which the LoRA updates assemble parity.
 INIT_STD = 0.3
 # Zero key projections make every attention score 0: each position attends uniformly to its prefix, so
 # the model sees the input bits as a bag of tokens and the only thing it can learn about a bit string is
