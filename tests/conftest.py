@@ -1,4 +1,8 @@
-"""Session fixture: the real single-node SLURM (scripts/slurm-local) for tests marked `slurm`.
+"""Fixtures for every test.
+
+- Settings isolation: no test reads the developer's settings file or CK_* variables; each test
+  gets an empty settings file path of its own (tests that want settings set them explicitly).
+- The real single-node SLURM (scripts/slurm-local) for tests marked `slurm`.
 
 If it cannot start (not root, no apt mirror, daemons fail): with $CI set the test fails loudly,
 otherwise it is skipped with the reason.
@@ -13,6 +17,13 @@ from pathlib import Path
 import pytest
 
 SLURM_LOCAL = Path(__file__).resolve().parent.parent / "scripts" / "slurm-local"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(tmp_path_factory, monkeypatch):
+    for key in [k for k in os.environ if k.startswith("CK_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CK_CONFIG", str(tmp_path_factory.mktemp("settings") / "settings.yaml"))
 
 
 @pytest.fixture(scope="session")

@@ -27,13 +27,6 @@ from test_executors import EXECUTORS, make_run
 POLL = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _own_settings(tmp_path, monkeypatch):
-    """`ck` reads no user settings file here; executor and limits come from flags or CK_* variables."""
-    monkeypatch.setenv("CK_CONFIG", str(tmp_path / "settings.yaml"))
-    for key in ("CK_EXECUTOR", "CK_MAX_LOCAL_JOBS"):
-        monkeypatch.delenv(key, raising=False)
-
 
 def actions(exp_dir: Path) -> list[str]:
     return [e.action for e in explog.read_log(exp_dir, "run")]

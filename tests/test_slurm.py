@@ -26,13 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 POLL = 0.5
 
 
-@pytest.fixture(autouse=True)
-def _own_settings(tmp_path, monkeypatch):
-    """`ck` reads no user settings file here; executor and limits come from flags or CK_* variables."""
-    monkeypatch.setenv("CK_CONFIG", str(tmp_path / "settings.yaml"))
-    for key in ("CK_EXECUTOR", "CK_MAX_LOCAL_JOBS"):
-        monkeypatch.delenv(key, raising=False)
-
 
 def read_state(exp_dir: Path) -> dict:
     return json.loads((exp_dir / STATE_NAME).read_text())["runs"]
