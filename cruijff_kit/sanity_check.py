@@ -139,7 +139,7 @@ def run_sanity_check(
 
     progress.begin(4, "summarize")
     result = summarize_experiment(exp_dir)
-    progress.done(4, f"summarized: {sum(r.verdict == 'PASS' for r in result.runs)}/{len(result.runs)} PASS")
+    progress.done(4, f"summarized: {result.passed}/{len(result.runs)} PASS")
 
     print(verdict_table(result), file=out)
     print(f"results: {exp_dir / 'experiment_summary.md'} (## Results), plots in {exp_dir / 'plots'}", file=out)

@@ -84,6 +84,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from cruijff_kit.errors import CkError
+from cruijff_kit.experiment import SUMMARY_NAME, Experiment, binary_entropy_nats, find_experiment_dir
 from cruijff_kit.fsutil import atomic_write_json
 from cruijff_kit.markdown_sections import set_section
 
@@ -173,8 +174,12 @@ class ExperimentSummary:
     summary_json: str | None = None
 
     @property
+    def passed(self) -> int:
+        return sum(r.verdict == PASS for r in self.runs)
+
+    @property
     def all_pass(self) -> bool:
-        return bool(self.runs) and all(r.verdict == PASS for r in self.runs)
+        return bool(self.runs) and self.passed == len(self.runs)
 
     @property
     def exit_code(self) -> int:
@@ -232,12 +237,6 @@ def read_dataset(path: str | os.PathLike) -> dict | None:
 # ---------------------------------------------------------------------------------------------
 # Statistics
 # ---------------------------------------------------------------------------------------------
-
-
-def binary_entropy(p: float) -> float:
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return -(p * math.log(p) + (1.0 - p) * math.log(1.0 - p))
 
 
 def bernoulli_kl(p: float, q: float) -> float:
@@ -464,8 +463,8 @@ def judge_run(
     """The verdict for one run. Pure: the rules are in this module's docstring."""
     rule = expectation.rule
     target = expectation.target_accuracy
-    if rule == "parity" or (rule == "learnable" and target is None):
-        target = target if target is not None else DEFAULT_TARGET_ACCURACY
+    if target is None and rule in ("parity", "learnable"):
+        target = DEFAULT_TARGET_ACCURACY
     summary = RunSummary(name=name, verdict=FAIL, reason="", rule=rule,
                          declared_floor_nats=expectation.floor_nats, floor_nats=expectation.floor_nats,
                          target_accuracy=target)
@@ -513,7 +512,7 @@ def judge_run(
         summary.reason = f"training did not finish (no `end` row after step {summary.steps}): crashed or killed, see slurm-*.out"
         return summary
 
-    if rule == "parity" or rule == "learnable":
+    if rule in ("parity", "learnable"):
         _judge_learnable(summary, predictions, facts, target, metrics)
     elif rule == "bernoulli":
         _judge_bernoulli(summary, expectation, predictions, facts, metrics)
@@ -567,10 +566,9 @@ def _judge_learnable(summary, predictions, facts, target, metrics) -> None:
     judged = None
     if predictions is not None:
         uninferable = facts.uninferable if facts is not None else set()
-        leaked = set(facts.leaked) if facts is not None else set()
-        listed = sorted({str(p.get("input", "")) for p in predictions if str(p.get("input", "")) in uninferable})
-        summary.uninferable = listed
-        judged = [p for p in predictions if str(p.get("input", "")) not in uninferable | leaked]
+        set_aside = uninferable | set(facts.leaked if facts is not None else ())
+        summary.uninferable = sorted({str(p.get("input", "")) for p in predictions} & uninferable)
+        judged = [p for p in predictions if str(p.get("input", "")) not in set_aside]
         if not judged:
             judged = [p for p in predictions if str(p.get("input", "")) not in uninferable] or predictions
     if judged:
@@ -602,7 +600,7 @@ def _judge_learnable(summary, predictions, facts, target, metrics) -> None:
 
 
 def _floor_window(summary, p_hat, p_train, predictions, n) -> tuple[float, float, float]:
-    floor = binary_entropy(p_hat)
+    floor = binary_entropy_nats(p_hat)
     margin = loss_margin(n, p_hat, predictions or [])
     excess = bernoulli_kl(p_hat, p_train) if p_train is not None else 0.0
     summary.floor_nats = floor
@@ -734,12 +732,11 @@ def expectation_for(run) -> Expectation:
 
 
 def summarize_experiment(exp_dir: str | os.PathLike, *, write: bool = True, plots: bool = True) -> ExperimentSummary:
-    """Judge every run of the experiment in `exp_dir`; with `write`, also plots, Results and summary.json."""
-    from cruijff_kit.experiment import SUMMARY_NAME, Experiment
-
-    exp_path = Path(exp_dir)
-    if exp_path.name == SUMMARY_NAME:
-        exp_path = exp_path.parent
+    """Judge every run of the experiment in `exp_dir` (its path, its experiment_summary.md, or its name under
+    the scratch); with `write`, also plots, Results and summary.json."""
+    path = Path(exp_dir).expanduser()
+    # a missing path goes to Experiment.load, whose error names the experiment_summary.md it looked for
+    exp_path = find_experiment_dir(path) if path.exists() or len(path.parts) == 1 else path
     exp = Experiment.load(exp_path)
     datasets: dict[Path, dict | None] = {}
     job_states = _job_states(exp_path)
@@ -773,7 +770,7 @@ def _job_states(exp_path: Path) -> dict:
         from cruijff_kit.monitor import RunStateFile
 
         return RunStateFile.load(exp_path).runs
-    except (ImportError, CkError):
+    except CkError:
         return {}
 
 
@@ -836,7 +833,7 @@ def _md_cell(text: str) -> str:
 def results_markdown(result: ExperimentSummary) -> str:
     lines = [
         f"Overall: **{'PASS' if result.all_pass else 'NOT PASS'}** "
-        f"({sum(r.verdict == PASS for r in result.runs)}/{len(result.runs)} runs PASS). "
+        f"({result.passed}/{len(result.runs)} runs PASS). "
         "Answer-token loss in nats. Floor: 0 for clean parity, H(p̂) for label noise, p̂ being the rate "
         "actually in the validation split. Rules: docstring of `cruijff_kit/summarize.py`.",
         "",
@@ -874,5 +871,5 @@ def verdict_table(result: ExperimentSummary) -> str:
         for w in r.warnings:
             out.append(f"  warning [{r.name}]: {w}")
     overall = "PASS" if result.all_pass else "NOT PASS"
-    out.append(f"overall: {overall} ({sum(r.verdict == PASS for r in result.runs)}/{len(result.runs)} runs PASS)")
+    out.append(f"overall: {overall} ({result.passed}/{len(result.runs)} runs PASS)")
     return "\n".join(out)

@@ -345,6 +345,47 @@ def test_unknown_config_key_is_an_error(tmp_path, tiny_dir, data_file):
         mod.LoRAFinetuneRecipeSingleDeviceVal(cfg)
 
 
+def test_resume_refuses_a_checkpoint_the_job_was_killed_while_saving(tmp_path):
+    import torch
+
+    from cruijff_kit.errors import CkError
+    from cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_single_device_val import check_resume_checkpoint
+
+    out = tmp_path / "out"
+    state = out / "recipe_state" / "recipe_state.pt"
+    state.parent.mkdir(parents=True)
+    (out / "epoch_0").mkdir()
+    torch.save({"epochs_run": 1, "seed": 42}, state)
+    check_resume_checkpoint(out)  # epoch 0 saved in full
+    (out / "epoch_1").mkdir()  # killed while writing epoch 1's adapter: the recipe state is still epoch 0's
+    with pytest.raises(CkError, match=r"epoch_1.*delete .*epoch_1 to resume after epoch 0"):
+        check_resume_checkpoint(out)
+    torch.save({"epochs_run": 2, "seed": 42}, state)
+    check_resume_checkpoint(out)  # epoch 1 saved in full
+    state.write_bytes(state.read_bytes()[:len(state.read_bytes()) // 2])  # killed while writing the recipe state
+    with pytest.raises(CkError, match=r"recipe_state.pt.*unreadable.*resume_from_checkpoint: False"):
+        check_resume_checkpoint(out)
+    with pytest.raises(CkError, match="no epoch_<k> checkpoint"):
+        check_resume_checkpoint(tmp_path / "empty")
+
+
+@pytest.mark.training
+def test_recipe_checks_the_checkpoint_before_resuming(tmp_path, tiny_dir, data_file):
+    from omegaconf import OmegaConf
+
+    from cruijff_kit.errors import CkError
+    from cruijff_kit.tools.torchtune.custom_recipes import lora_finetune_single_device_val as mod
+
+    out = tmp_path / "out"
+    (out / "epoch_0").mkdir(parents=True)
+    (out / "recipe_state").mkdir()
+    (out / "recipe_state" / "recipe_state.pt").write_bytes(b"PK\x03\x04 truncated")
+    cfg = OmegaConf.create(make_config(tiny_dir, data_file, out, epochs=2, resume_from_checkpoint=True))
+    recipe = mod.LoRAFinetuneRecipeSingleDeviceVal(cfg)
+    with pytest.raises(CkError, match="recipe_state.pt.*unreadable"):
+        recipe.setup(cfg)
+
+
 def test_answer_positions_find_the_token_after_the_last_assistant_header():
     import torch
 

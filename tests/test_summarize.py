@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from cruijff_kit.experiment import binary_entropy_nats
 from cruijff_kit.summarize import (
     FAIL,
     INCONCLUSIVE,
     PASS,
     Expectation,
-    binary_entropy,
     data_facts,
     judge_run,
     read_jsonl,
@@ -33,11 +33,11 @@ PARITY = Expectation(kind="learnable", floor_nats=0.0, target_accuracy=0.99, bit
 
 
 def bernoulli(p: float) -> Expectation:
-    return Expectation(kind="floor", floor_nats=binary_entropy(p), target_accuracy=max(p, 1 - p), bit_parity=False, p=p)
+    return Expectation(kind="floor", floor_nats=binary_entropy_nats(p), target_accuracy=max(p, 1 - p), bit_parity=False, p=p)
 
 
 def noisy_parity(p: float) -> Expectation:
-    return Expectation(kind="floor", floor_nats=binary_entropy(p), target_accuracy=1 - p, bit_parity=True, p=p)
+    return Expectation(kind="floor", floor_nats=binary_entropy_nats(p), target_accuracy=1 - p, bit_parity=True, p=p)
 
 
 # --------------------------------------------------------------------------- synthetic files
@@ -248,7 +248,7 @@ def test_bernoulli_at_the_floor_passes_and_floor_uses_validation_frequency():
                         preds, data, bernoulli(0.3))
     assert summary.verdict == PASS, summary.reason
     assert summary.p_hat == pytest.approx(facts.val_label_freq)
-    assert summary.floor_nats == pytest.approx(binary_entropy(facts.val_label_freq))
+    assert summary.floor_nats == pytest.approx(binary_entropy_nats(facts.val_label_freq))
 
 
 def test_planted_fault_bernoulli_leak_below_floor_fails():
@@ -386,6 +386,20 @@ def test_ck_summarize_exit_code_and_json(tmp_path):
     assert proc.returncode == 2 and "experiment_summary.md" in proc.stderr
 
 
+def test_ck_summarize_takes_an_experiment_name_under_the_scratch(tmp_path, monkeypatch, capsys):
+    from cruijff_kit.cli import main
+
+    exp_dir = _write_experiment(tmp_path, _healthy_runs())
+    assert exp_dir.parent == tmp_path / "scratch" / "ck-sanity-checks"
+    monkeypatch.setenv("CK_SCRATCH", str(tmp_path / "scratch"))
+    monkeypatch.chdir(tmp_path)  # the name is not a path from here
+    assert main(["summarize", exp_dir.name, "--json", "--no-write"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["experiment_dir"] == str(exp_dir) and printed["all_pass"] is True
+    assert main(["summarize", "no_such_experiment"]) == 2
+    assert "no such experiment directory" in capsys.readouterr().err
+
+
 def test_bernoulli_chance_agreement_below_floor_is_not_called_a_leak():
     """A model whose predictions vary from string to string (but know nothing) can land a little below
     H(p-hat) when its variation happens to line up with random labels; that is noise, not a leak."""
@@ -395,7 +409,7 @@ def test_bernoulli_chance_agreement_below_floor_is_not_called_a_leak():
         q = {row["input"]: 0.5 + wobble.uniform(-0.12, 0.12) for row in data["validation"]}
         preds = make_predictions(data, lambda s: q[s])
         loss, acc = final_of(preds)
-        if loss < binary_entropy(data_facts(data).val_label_freq) - 0.012:  # below floor - EPS
+        if loss < binary_entropy_nats(data_facts(data).val_label_freq) - 0.012:  # below floor - EPS
             break
     else:
         pytest.fail("no seed produced a chance dip below the floor")

@@ -19,7 +19,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "accuracy, the floor each should reach, and a PASS / FAIL / INCONCLUSIVE verdict with "
                           "its reason; plus plots, summary.json and the Results section of experiment_summary.md.")
     parser.add_argument("exp_dir", metavar="EXP_DIR",
-                        help="experiment directory (the one holding experiment_summary.md)")
+                        help="experiment directory (holds experiment_summary.md), or its name under "
+                        "<scratch>/ck-sanity-checks/ or ck-experiments/")
     parser.add_argument("--json", action="store_true",
                         help="print the summary as JSON instead of the verdict table")
     parser.add_argument("--no-write", dest="write", action="store_false",

@@ -241,9 +241,8 @@ def build_tiny_model(models_dir: str | os.PathLike, *, seed: int = 0, force: boo
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(seed)
     model = tiny_llama()
-    init_weights(model, seed)
+    init_weights(model, seed)  # every parameter, from its own generator: the global RNG plays no part
     d = TINY_DIMS
     hf_state = tune_to_hf(
         model.state_dict(),

@@ -41,7 +41,8 @@ What it adds to the stock recipe (config keys: docs/finetune_reference.yaml, "cr
 
 - logs/val_predictions.jsonl at the final validation: index, input, target, predicted, answer_loss per row.
 - `epochs_to_save`: list of epochs (0-based), "all", or null (= every epoch); the last epoch is always saved.
-  A run killed mid-way resumes from its last saved epoch with `resume_from_checkpoint: True`.
+  A run killed mid-way resumes from its last saved epoch with `resume_from_checkpoint: True`; a checkpoint
+  the job was killed while writing is refused with a one-line error that says what to delete.
 - `num_threads` (default 1): torch CPU threads; more than one thread collapses on a loaded small machine.
 """
 
@@ -51,6 +52,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
 from functools import partial
@@ -62,8 +64,11 @@ from omegaconf import DictConfig, ListConfig
 from torch.utils.data import DataLoader
 from torchtune import config, training, utils
 from torchtune.config._utils import _get_component_from_path
+from torchtune.training.checkpointing._utils import RECIPE_STATE_DIRNAME
 from tqdm import tqdm
 
+from cruijff_kit.errors import CkError
+from cruijff_kit.fsutil import atomic_write_text
 from cruijff_kit.tools.torchtune.custom_recipes.answer_metrics import (
     AnswerMeter,
     answer_results,
@@ -102,30 +107,27 @@ VAL_KEYS = frozenset({
     "num_threads", "metrics_log",
 })
 DEFAULT_BATCH_SIZE_VAL = 64
-
-
-def _config_error(key, value, problem, fix):
-    from cruijff_kit.errors import CkError
-
-    return CkError(key, value, problem, fix)
+# where torchtune's checkpointers put the recipe state and each saved epoch, under output_dir
+RECIPE_STATE = Path(RECIPE_STATE_DIRNAME) / "recipe_state.pt"
+EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
 
 def check_config(cfg: DictConfig) -> None:
     """Reject unknown top-level keys and malformed validation settings before any heavy work."""
     unknown = sorted(set(cfg.keys()) - STOCK_KEYS - VAL_KEYS)
     if unknown:
-        raise _config_error("finetune.yaml", unknown, "unknown config keys",
-                            "remove them or fix their spelling (see docs/finetune_reference.yaml)")
+        raise CkError("finetune.yaml", unknown, "unknown config keys",
+                      "remove them or fix their spelling (see docs/finetune_reference.yaml)")
     every = cfg.get("run_val_every_n_steps", 0) or 0
     if not isinstance(every, int) or every < 0:
-        raise _config_error("run_val_every_n_steps", every, "must be an integer >= 0", "use 0 to turn validation off")
+        raise CkError("run_val_every_n_steps", every, "must be an integer >= 0", "use 0 to turn validation off")
     if every > 0 and cfg.get("dataset_val") is None:
-        raise _config_error("dataset_val", None, "missing while run_val_every_n_steps > 0",
-                            "add a dataset_val section or set run_val_every_n_steps: 0")
+        raise CkError("dataset_val", None, "missing while run_val_every_n_steps > 0",
+                      "add a dataset_val section or set run_val_every_n_steps: 0")
     for key in ("batch_size_val", "max_val_batches", "num_threads"):
         value = cfg.get(key)
         if value is not None and (not isinstance(value, int) or value < 1):
-            raise _config_error(key, value, "must be a positive integer or null", f"set {key} to e.g. 1")
+            raise CkError(key, value, "must be a positive integer or null", f"set {key} to e.g. 1")
     parse_epochs_to_save(cfg.get("epochs_to_save"), cfg.epochs)
 
 
@@ -138,9 +140,40 @@ def parse_epochs_to_save(value, total_epochs: int) -> set[int]:
     if not isinstance(value, (list, tuple, ListConfig)) or not all(
         isinstance(e, int) and not isinstance(e, bool) and 0 <= e < total_epochs for e in value
     ):
-        raise _config_error("epochs_to_save", value, f"must be 'all', null or a list of epochs in 0..{total_epochs - 1}",
-                            "e.g. epochs_to_save: [0, 4] (the last epoch is always saved)")
+        raise CkError("epochs_to_save", value, f"must be 'all', null or a list of epochs in 0..{total_epochs - 1}",
+                      "e.g. epochs_to_save: [0, 4] (the last epoch is always saved)")
     return set(value) | {total_epochs - 1}
+
+
+def check_resume_checkpoint(output_dir: str | os.PathLike) -> None:
+    """Before a resume: the newest epoch_<k>/ and recipe_state.pt must come from the same finished save.
+
+    torchtune writes both in place, the recipe state last (and only for epochs before the last), so a job
+    killed while saving leaves a truncated file, which torchtune reports as "Unable to load checkpoint", or
+    an epoch_<k>/ newer than the recipe state, whose weights it would resume with the previous epoch's
+    optimizer state and epoch count.
+    """
+    out = Path(output_dir)
+    epochs = sorted(int(m.group(1)) for p in (out.iterdir() if out.is_dir() else ())
+                    if (m := EPOCH_DIR.match(p.name)) and p.is_dir())
+    state_path = out / RECIPE_STATE
+    try:
+        epochs_run = int(torch.load(state_path, map_location="cpu", weights_only=True, mmap=True)[training.EPOCHS_KEY])
+    except Exception:  # missing, truncated or foreign: said below
+        epochs_run = None
+    start_over = "set resume_from_checkpoint: False to train from the start"
+    if not epochs:
+        raise CkError("resume_from_checkpoint", True, f"no epoch_<k> checkpoint in {out}", start_over)
+    newest = out / f"epoch_{epochs[-1]}"
+    if epochs_run == epochs[-1] + 1:
+        return
+    if epochs_run is None or epochs_run - 1 not in epochs:
+        raise CkError("checkpoint", str(state_path), f"is missing, unreadable or matches no epoch_<k>/ (newest: "
+                      f"{newest.name}): the job ended while saving it, or before any epoch but the last was saved",
+                      start_over)
+    raise CkError("checkpoint", str(newest), f"is newer than {RECIPE_STATE} (saved after epoch {epochs_run - 1}): "
+                  "the job ended while saving it, or it is the last epoch and training had finished",
+                  f"delete {newest} to resume after epoch {epochs_run - 1}")
 
 
 def quiet_offline_wandb() -> None:
@@ -183,9 +216,9 @@ class LoRAFinetuneRecipeSingleDeviceVal(_stock.LoRAFinetuneRecipeSingleDevice):
 
     def __init__(self, cfg: DictConfig) -> None:
         check_config(cfg)
-        self._num_threads = cfg.get("num_threads", 1)
-        if cfg.device == "cpu" and self._num_threads:
-            torch.set_num_threads(self._num_threads)
+        threads = cfg.get("num_threads", 1)
+        if cfg.device == "cpu" and threads:
+            torch.set_num_threads(threads)
         super().__init__(cfg)
         self._run_val_every_n_steps = cfg.get("run_val_every_n_steps", 0) or 0
         self._batch_size_val = cfg.get("batch_size_val") or DEFAULT_BATCH_SIZE_VAL
@@ -220,6 +253,13 @@ class LoRAFinetuneRecipeSingleDeviceVal(_stock.LoRAFinetuneRecipeSingleDevice):
             self._val_input_column = (cfg.dataset_val.get("column_map") or {}).get("input", "input")
             log.info(f"Validation: {len(self._val_dataset)} rows every {self._run_val_every_n_steps} steps "
                      f"and at the end, batch size {self._batch_size_val}.")
+
+    def load_checkpoint(self, cfg_checkpointer: DictConfig) -> dict:
+        """The stock loading, after checking that a resume finds a whole checkpoint (check_resume_checkpoint)."""
+        explicit = cfg_checkpointer.get("adapter_checkpoint") or cfg_checkpointer.get("recipe_checkpoint")
+        if self._resume_from_checkpoint and not explicit:
+            check_resume_checkpoint(cfg_checkpointer.output_dir)
+        return super().load_checkpoint(cfg_checkpointer)
 
     def _fix_resumed_step_count(self, cfg: DictConfig) -> None:
         """On resume, continue the step count and LR schedule where the saved epoch ended.
@@ -395,8 +435,6 @@ class LoRAFinetuneRecipeSingleDeviceVal(_stock.LoRAFinetuneRecipeSingleDevice):
             return f"<id {token_id}>"
 
     def _write_predictions(self, predictions: list[dict]) -> None:
-        from cruijff_kit.fsutil import atomic_write_text
-
         path = Path(self._metrics_log_path).parent / "val_predictions.jsonl"
         atomic_write_text(path, "".join(json.dumps(p) + "\n" for p in predictions))
 
