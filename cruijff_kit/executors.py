@@ -4,6 +4,7 @@
     job_id = executor.submit(run_dir)                # runs <run_dir>/finetune.slurm; SubmitError if refused
     infos = executor.states([job_id, ...])           # {job_id: JobInfo(state, exit_code, reason)}, one query
     executor.cancel([job_id])
+    executor.find_submitted({"run": run_dir}, since)  # {run: job_id} of jobs submitted from run_dir since then
 
 Both read the same finetune.slurm (docs/ARCHITECTURE.md): SLURM gets it through `sbatch --parsable`;
 the local executor runs `bash finetune.slurm` in the run directory and sends its stdout+stderr to
@@ -108,11 +109,12 @@ def expand_pattern(pattern: str, job_id: str, job_name: str) -> str:
     return "".join(out)
 
 
-def job_log_path(run_dir: Path, job_id: str) -> Path:
-    """Where the job's stdout goes: `#SBATCH --output` with %j filled in (SLURM's default otherwise)."""
+def job_log_path(run_dir: Path, job_id: str, stream: str = "output") -> Path:
+    """Where the job's stdout (stream "output") or stderr ("error") goes: `#SBATCH --output`/`--error`
+    with %j filled in; stderr goes with stdout when there is no --error, as in SLURM (and its default)."""
     script = Path(run_dir) / SCRIPT_NAME
     options = sbatch_options(script)
-    pattern = options.get("output", "slurm-%j.out")
+    pattern = options.get(stream) or options.get("output", "slurm-%j.out")
     path = Path(expand_pattern(pattern, job_id, options.get("job-name", SCRIPT_NAME)))
     return path if path.is_absolute() else Path(run_dir) / path
 
@@ -164,8 +166,11 @@ class Executor(ABC):
     def cancel(self, job_ids: list[str]) -> None:
         """Ask for the jobs to stop; their state becomes CANCELLED."""
 
-    def log_path(self, run_dir: Path, job_id: str) -> Path:
-        return job_log_path(run_dir, job_id)
+    @abstractmethod
+    def find_submitted(self, run_dirs: dict[str, Path], since: float, exclude: set[str] = frozenset()) -> dict[str, str]:
+        """{name: job id} of the newest job submitted from each run directory at or after `since`
+        (unix time), ignoring the ids in `exclude`: what a monitor killed between submitting a job
+        and recording its id looks for before submitting again. One query for all directories."""
 
 
 # ---------------------------------------------------------------- SLURM
@@ -268,6 +273,30 @@ class SlurmExecutor(Executor):
             state = normalize_state(parts[1])
             out[parts[0]] = JobInfo(parts[0], state, _exit_code(parts[2]), parts[1] if parts[1] != state else "")
         return out
+
+    def find_submitted(self, run_dirs: dict[str, Path], since: float, exclude: set[str] = frozenset()) -> dict[str, str]:
+        if not run_dirs:
+            return {}
+        by_dir = {str(Path(d).resolve()): name for name, d in run_dirs.items()}  # sbatch records the real cwd
+        names = {sbatch_options(Path(d) / SCRIPT_NAME).get("job-name", SCRIPT_NAME) for d in run_dirs.values()}
+        argv = ["squeue", "--noheader", "--states=all", f"--user={os.getuid()}", "--Format=JobID:|,SubmitTime:|,WorkDir:|"]
+        if not any("," in n for n in names):
+            argv.append("--name=" + ",".join(sorted(names)))
+        proc = self._run(argv)
+        if proc.returncode != 0:
+            raise CkError("squeue", proc.returncode, " ".join(proc.stderr.split()) or "failed",
+                          "check the controller: `scripts/slurm-local status` or `sinfo`")
+        found: dict[str, tuple[float, str]] = {}
+        for line in proc.stdout.splitlines():
+            job_id, submitted, work_dir = (line.rstrip().removesuffix("|").split("|", 2) + ["", ""])[:3]
+            name = by_dir.get(work_dir.strip())
+            try:
+                when = time.mktime(time.strptime(submitted.strip(), "%Y-%m-%dT%H:%M:%S"))
+            except ValueError:
+                continue
+            if name and job_id.strip() not in exclude and when >= since and when >= found.get(name, (-1.0, ""))[0]:
+                found[name] = (when, job_id.strip())
+        return {name: job_id for name, (_, job_id) in found.items()}
 
     def cancel(self, job_ids: list[str]) -> None:
         if job_ids:
@@ -389,17 +418,12 @@ class LocalExecutor(Executor):
 
     def submit(self, run_dir: Path) -> str:
         run_dir = Path(run_dir).resolve()
-        script = _check_run_dir(run_dir)
-        options = sbatch_options(script)
+        time_limit = time_limit_seconds(sbatch_options(_check_run_dir(run_dir)).get("time", ""))
         with self._locked() as (data, jobs):
             job_id = f"local-{data['next_id']}"
             data["next_id"] += 1
-            output = job_log_path(run_dir, job_id)
-            error = Path(expand_pattern(options["error"], job_id, options.get("job-name", SCRIPT_NAME))) \
-                if "error" in options else output
-            error = error if error.is_absolute() else run_dir / error
-            jobs[job_id] = LocalJob(job_id, str(run_dir), str(output), str(error),
-                                    time_limit_seconds(options.get("time", "")), time.time())
+            jobs[job_id] = LocalJob(job_id, str(run_dir), str(job_log_path(run_dir, job_id)),
+                                    str(job_log_path(run_dir, job_id, "error")), time_limit, time.time())
             self._start_pending(jobs)
         return job_id
 
@@ -462,9 +486,7 @@ class LocalExecutor(Executor):
             return
         exitfile = self._exitfile(job.job_id)
         alive = job.proc_start is not None and _proc_start_time(job.pid) == job.proc_start
-        if alive and not exitfile.exists():
-            return
-        if alive:  # exit code written, the wrapper is finishing: wait for the next poll
+        if alive:  # still running, or its exit code is written and the wrapper is finishing: next poll
             return
         code = int(exitfile.read_text().strip()) if exitfile.exists() else None
         job.ended_at = exitfile.stat().st_mtime if exitfile.exists() else time.time()
@@ -484,11 +506,16 @@ class LocalExecutor(Executor):
         return JobInfo(job.job_id, "PENDING" if job.pid is None else "RUNNING",
                        reason="waiting for a free local slot" if job.pid is None else "")
 
-    def job_times(self, job_id: str) -> tuple[float | None, float | None]:
-        """(started_at, ended_at) as unix times, for elapsed-time display."""
+    def find_submitted(self, run_dirs: dict[str, Path], since: float, exclude: set[str] = frozenset()) -> dict[str, str]:
+        by_dir = {str(Path(d).resolve()): name for name, d in run_dirs.items()}  # submit() stores it resolved
+        found: dict[str, LocalJob] = {}
         with self._locked() as (_, jobs):
-            job = jobs.get(job_id)
-            return (job.started_at, job.ended_at) if job else (None, None)
+            for job in jobs.values():
+                name = by_dir.get(job.run_dir)
+                if name and job.job_id not in exclude and job.submitted_at >= since and \
+                        (name not in found or job.submitted_at >= found[name].submitted_at):
+                    found[name] = job
+        return {name: job.job_id for name, job in found.items()}
 
 
 def make_executor(kind: str, *, state_dir: str | os.PathLike | None = None, max_jobs: int | None = None) -> Executor:

@@ -5,7 +5,9 @@
 What it keeps where:
 - `<exp_dir>/.ck-run-state.json` (atomic): per run its job id, state, exit code and earlier attempts.
   A run with a job id is never submitted again, so a killed monitor is resumed with
-  `ck run --resume EXP_DIR` without duplicates.
+  `ck run --resume EXP_DIR` without duplicates. The time of each submission is recorded before
+  the scheduler is asked: a monitor killed before it could record the job id looks the job up
+  (one query) when it starts again, instead of submitting the run twice.
 - `<exp_dir>/run-experiment.log`: SUBMIT_JOB, STATE_CHANGE, ALL_SUBMITTED, ALL_COMPLETE, DETACH,
   RESUME and every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, ...).
 - `## Jobs` of `<exp_dir>/experiment_summary.md`: the job table.
@@ -33,7 +35,7 @@ import yaml
 from cruijff_kit import explog
 from cruijff_kit.errors import CkError
 from cruijff_kit.executors import (
-    SCRIPT_NAME, UNKNOWN, Executor, JobInfo, LocalExecutor, SubmitError, is_terminal, job_log_path,
+    SCRIPT_NAME, UNKNOWN, Executor, JobInfo, SubmitError, is_terminal, job_log_path,
     make_executor, sbatch_options,
 )
 from cruijff_kit.fsutil import atomic_write_json, atomic_write_text
@@ -45,6 +47,7 @@ SUMMARY_NAME = "experiment_summary.md"
 JOBS_HEADING = "Jobs"
 DEFAULT_POLL = 15.0
 LOG_TAIL_LINES = 15
+CLOCK_SLACK = 60.0  # seconds a scheduler's submit time may lag our clock (login node vs controller)
 OOM_RE = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
 
 
@@ -120,6 +123,7 @@ class RunState:
     first_unknown_at: float | None = None
     oom_retries: int = 0
     attempts: list | None = None  # earlier (job_id, state, exit_code) of this run
+    submit_intent: float | None = None  # set and saved just before submitting, cleared with the outcome
 
     def elapsed(self, now: float) -> float | None:
         if self.running_since is None:
@@ -321,8 +325,8 @@ class Monitor:
     # -- submitting
 
     def unsubmitted(self) -> list[str]:
-        return [name for name, _ in self.runs if self.state.runs.get(name, RunState()).job_id is None
-                and self.state.runs.get(name, RunState()).state != "SUBMIT_FAILED"]
+        return [name for name, _ in self.runs
+                if (run := self.state.runs.get(name, RunState())).job_id is None and run.state != "SUBMIT_FAILED"]
 
     def live_runs(self) -> list[str]:
         return [name for name, run in self.state.runs.items() if run.job_id and not is_terminal(run.state)]
@@ -333,21 +337,50 @@ class Monitor:
         command = f"cd {run_dir} && " + ("sbatch --parsable finetune.slurm" if self.executor.name == "slurm"
                                          else "bash finetune.slurm  # local executor")
         with _interrupts_deferred():
+            run.submit_intent = time.time()
+            self.state.save()
             try:
                 job_id = self.executor.submit(run_dir)
             except SubmitError as exc:
-                run.state, run.message, run.ended_at = "SUBMIT_FAILED", str(exc), time.time()
+                run.state, run.message, run.ended_at, run.submit_intent = "SUBMIT_FAILED", str(exc), time.time(), None
                 self.state.save()
                 self.log("SUBMIT_FAILED", f"{name} was not submitted", command=command, result=str(exc),
                          explanation="the scheduler refused the job; its message is above")
                 self.display.message(f"{_clock()} {name}: SUBMIT_FAILED: {exc}")
                 return
-            run.job_id, run.state, run.submitted_at = job_id, "PENDING", time.time()
-            run.exit_code, run.message, run.running_since, run.ended_at, run.first_unknown_at = None, "", None, None, None
+            self._record_job(run, job_id, time.time())
             self.state.save()
         self.log("SUBMIT_JOB", f"submitted {name}", command=command, result=f"job {job_id}",
                  explanation=f"{self.executor.name} executor", extra={"Job ID": job_id})
         self.display.message(f"{_clock()} {name}: submitted as job {job_id}")
+
+    @staticmethod
+    def _record_job(run: RunState, job_id: str, submitted_at: float) -> None:
+        run.job_id, run.state, run.submitted_at, run.submit_intent = job_id, "PENDING", submitted_at, None
+        run.exit_code, run.message, run.running_since, run.ended_at, run.first_unknown_at = None, "", None, None, None
+
+    def recover_interrupted_submissions(self) -> None:
+        """Runs whose submission began but whose job id was never recorded (the monitor was killed, or
+        the scheduler did not answer in time): adopt the job the executor has from their directory,
+        if there is one; the others stay unsubmitted and are submitted as usual."""
+        pending = {name: run for name, run in self.state.runs.items()
+                   if run.job_id is None and run.submit_intent is not None and name in self.run_dirs}
+        if not pending:
+            return
+        since = min(run.submit_intent for run in pending.values()) - CLOCK_SLACK
+        earlier = {a["job_id"] for run in pending.values() for a in (run.attempts or [])}
+        found = self.executor.find_submitted({name: self.run_dirs[name] for name in pending}, since, earlier)
+        for name, run in pending.items():
+            job_id = found.get(name)
+            if job_id is None:
+                run.submit_intent = None
+                continue
+            self._record_job(run, job_id, run.submit_intent)
+            self.log("SUBMIT_JOB", f"submitted {name}", command=f"{self.executor.name} lookup of {self.run_dirs[name]}",
+                     result=f"job {job_id}", extra={"Job ID": job_id},
+                     explanation="found after a submission whose job id was never recorded (monitor killed?)")
+            self.display.message(f"{_clock()} {name}: found job {job_id} from an interrupted submission")
+        self.state.save()
 
     # -- polling
 
@@ -504,6 +537,7 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
         raise CkError("executor", executor_obj.name, f"these jobs were submitted with the {state.executor} executor",
                       f"use --executor {state.executor}")
     state.executor = executor_obj.name
+    monitor.recover_interrupted_submissions()
     if resume:
         monitor.log("RESUME", f"reattached to {len(monitor.live_runs())} live job(s)", command=f"ck run --resume {exp_dir}",
                     result=f"{len(monitor.unsubmitted())} run(s) still to submit", explanation="nothing is resubmitted")

@@ -177,7 +177,6 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
     # 1. Decide everything before writing anything: a refusal must leave the directory untouched.
     renders: dict[str, RenderResult] = {}
     for run in exp.runs:
-        get_model(run.model)  # CkError for a model the renderer has no configuration for
         result = render_run(setup_for_run(exp, run, settings), exp_dir / run.name, settings=settings, write=False)
         expected = exp.run_output_dir(run.name)
         if result.output_dir != expected:

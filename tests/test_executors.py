@@ -156,3 +156,14 @@ def test_sbatch_options_and_patterns(tmp_path):
     assert [time_limit_seconds(t) for t in ["1", "1:30", "01:00:00", "2-0", "1-00:00:10", "UNLIMITED"]] == \
         [60, 90, 3600, 172800, 86410, None]
     assert [normalize_state(s) for s in ["CANCELLED by 0", "COMPLETED", "CANCELLED+"]] == ["CANCELLED", "COMPLETED", "CANCELLED"]
+
+
+def test_job_log_path_of_stderr_follows_error_else_output(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    script = run_dir / "finetune.slurm"
+    script.write_text("#!/bin/bash\n#SBATCH --job-name=r\n#SBATCH --output=/abs/%x-%j.out\n#SBATCH -e err-%j.log\necho\n")
+    assert job_log_path(run_dir, "7") == Path("/abs/r-7.out")
+    assert job_log_path(run_dir, "7", "error") == run_dir / "err-7.log"
+    script.write_text("#!/bin/bash\n#SBATCH --output=/abs/%j.out\necho\n")
+    assert job_log_path(run_dir, "7", "error") == Path("/abs/7.out")

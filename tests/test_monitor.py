@@ -21,7 +21,8 @@ import yaml
 from cruijff_kit import explog
 from cruijff_kit.cli import main
 from cruijff_kit.markdown_sections import get_section
-from cruijff_kit.monitor import STATE_NAME, last_train_metrics, run_experiment
+from cruijff_kit.executors import LocalExecutor, SlurmExecutor
+from cruijff_kit.monitor import LOCAL_STATE_DIR, STATE_NAME, last_train_metrics, run_experiment
 from test_executors import EXECUTORS, make_run
 
 POLL = 0.5
@@ -128,6 +129,36 @@ def test_killed_monitor_is_resumed_without_resubmitting(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", EXECUTORS)
+def test_submission_interrupted_before_its_job_id_was_recorded_is_not_repeated(kind, tmp_path):
+    exp = tmp_path / "exp"
+    for name in ("a", "b"):
+        make_run(exp, name, f"echo ran >> {tmp_path}/{name}_runs")
+    executor = LocalExecutor(exp / LOCAL_STATE_DIR) if kind == "local" else SlurmExecutor()
+    t0 = time.time()
+    job_a = executor.submit(exp / "a")  # submitted, then the monitor was killed before recording it;
+    (exp / STATE_NAME).write_text(json.dumps({"version": 1, "executor": kind, "runs": {  # b: killed before sbatch
+        "a": {"submit_intent": t0}, "b": {"submit_intent": t0}}}))
+    final = run_experiment(exp, executor=kind, poll=0.2, live=False, out=io.StringIO())
+    assert final == {"a": "COMPLETED", "b": "COMPLETED"}
+    runs = read_state(exp)
+    assert runs["a"]["job_id"] == job_a and runs["b"]["job_id"] not in (None, job_a)
+    assert all(r["submit_intent"] is None for r in runs.values())
+    assert (tmp_path / "a_runs").read_text() == (tmp_path / "b_runs").read_text() == "ran\n"  # each ran once
+
+
+def test_submission_intent_is_saved_before_the_scheduler_is_asked(tmp_path, monkeypatch):
+    exp = tmp_path / "exp"
+    make_run(exp, "a", "true")
+    executor = LocalExecutor(exp / LOCAL_STATE_DIR)
+    seen = []
+    real_submit = executor.submit
+    monkeypatch.setattr(executor, "submit", lambda run_dir: seen.append(read_state(exp)["a"]) or real_submit(run_dir))
+    assert run_experiment(exp, executor=executor, poll=0.2, live=False, out=io.StringIO()) == {"a": "COMPLETED"}
+    assert seen[0]["submit_intent"] is not None and seen[0]["job_id"] is None
+    assert read_state(exp)["a"]["submit_intent"] is None
+
+
+@pytest.mark.parametrize("kind", EXECUTORS)
 def test_unknown_job_id_becomes_lost_after_the_grace_period(kind, tmp_path):
     exp = tmp_path / "exp"
     make_run(exp, "ghost", "true")
@@ -227,6 +258,29 @@ def test_bad_input_is_one_line_error(tmp_path, capsys):
     assert main(["run", str(tmp_path / "empty"), "--executor", "local"]) == 2
     assert "no scaffolded run" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "empty"), "--executor", "local"]) == 2
+
+
+def test_run_takes_an_experiment_name_under_the_scratch(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CK_SCRATCH", str(tmp_path / "scratch"))
+    exp = tmp_path / "scratch" / "ck-experiments" / "named"
+    make_run(exp, "a", "true")
+    assert main(["run", "named", "--executor", "local", "--poll", "0.2", "--no-live"]) == 0
+    assert read_state(exp)["a"]["state"] == "COMPLETED"
+    assert main(["run", "missing", "--executor", "local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such experiment directory" in err and "\n" not in err
+
+
+def test_status_takes_an_experiment_name_under_the_scratch(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CK_SCRATCH", str(tmp_path / "scratch"))
+    exp = tmp_path / "scratch" / "ck-sanity-checks" / "named"
+    make_run(exp, "a", "true")
+    assert main(["status", "named", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["experiment_dir"] == str(exp.resolve()) and not status["submitted"]
+    assert main(["status", "missing"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such experiment directory" in err and "\n" not in err
 
 
 @pytest.mark.slurm

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cruijff_kit.errors import CkError
+from cruijff_kit.executors import is_terminal
+from cruijff_kit.experiment import find_experiment_dir
 from cruijff_kit.monitor import DEFAULT_POLL, RunStateFile, run_experiment
 from cruijff_kit.settings import load_settings
 
@@ -38,7 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "running; `ck run --resume EXP_DIR` reattaches without submitting anything twice. "
         "Exit code 0 only if every run COMPLETED (with --detach: if every submission succeeded).")
     parser.epilog = "examples: ck run EXP_DIR --executor slurm --max-submit 4   |   ck run --resume EXP_DIR"
-    parser.add_argument("exp_dir", metavar="EXP_DIR", help="experiment directory (holds experiment_summary.md and one dir per run)")
+    parser.add_argument("exp_dir", metavar="EXP_DIR", help="experiment directory (holds experiment_summary.md and one dir per run), "
+                             "or its name under <scratch>/ck-sanity-checks/ or ck-experiments/")
     parser.add_argument("--executor", choices=("local", "slurm"), default=None,
                         help="slurm: sbatch each run's finetune.slurm; local: run it as a local process "
                              "(default: the executor already recorded for EXP_DIR's jobs, else the `executor` "
@@ -59,25 +61,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # jobs already recorded keep the executor they were submitted with, unless a flag says otherwise
-    executor = args.executor or (RunStateFile.load(Path(args.exp_dir)).executor if Path(args.exp_dir).is_dir() else None)
     settings = load_settings()
-    executor = executor or settings.executor
+    exp_dir = find_experiment_dir(args.exp_dir, settings)
+    # jobs already recorded keep the executor they were submitted with, unless a flag says otherwise
+    executor = args.executor or RunStateFile.load(exp_dir).executor or settings.executor
     if args.retry_oom < 0:
         raise CkError("--retry-oom", args.retry_oom, "must be >= 0", "e.g. --retry-oom 1")
     poll = args.poll if args.poll is not None else DEFAULT_POLL
     if poll <= 0:
         raise CkError("--poll", poll, "must be > 0 seconds", "e.g. --poll 15")
-    states = run_experiment(args.exp_dir, executor=executor, max_submit=args.max_submit, stagger=args.stagger,
+    states = run_experiment(exp_dir, executor=executor, max_submit=args.max_submit, stagger=args.stagger,
                             poll=poll, detach=args.detach, resume=args.resume, live=args.live,
                             retry_oom=args.retry_oom, lost_after=args.lost_after, max_local_jobs=settings.max_local_jobs)
-    failed = {run: state for run, state in states.items() if state in ("SUBMIT_FAILED",) or
-              (not args.detach and state != "COMPLETED") or (args.detach and state in _FAILED)}
+    # with --detach only runs that already ended badly count; otherwise every run must have COMPLETED
+    failed = {run: state for run, state in states.items()
+              if state != "COMPLETED" and (is_terminal(state) or not args.detach)}
     if failed:
         print("not completed: " + ", ".join(f"{run}={state}" for run, state in failed.items()))
         return 1
     return 0
 
-
-_FAILED = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-           "DEADLINE", "LOST", "SUBMIT_FAILED", "OOM"}

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from cruijff_kit.executors import is_terminal
+from cruijff_kit.experiment import find_experiment_dir
 from cruijff_kit.monitor import experiment_status, format_table
 
 
@@ -14,12 +15,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Show each run's job id, state, elapsed time and last training step and loss, with one "
         "scheduler query for all jobs. Nothing is submitted or cancelled. Exit code 0 unless a job "
         "ended in a state other than COMPLETED.")
-    parser.add_argument("exp_dir", metavar="EXP_DIR", help="experiment directory given to `ck run`")
+    parser.add_argument("exp_dir", metavar="EXP_DIR", help="experiment directory given to `ck run`, "
+                        "or its name under <scratch>/ck-sanity-checks/ or ck-experiments/")
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    status = experiment_status(args.exp_dir)
+    status = experiment_status(find_experiment_dir(args.exp_dir))
     if args.json:
         print(json.dumps(status, indent=2))
     else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import importlib.util
 import os
 import re
@@ -111,13 +112,18 @@ def parse_positive_float(value: Any, key: str) -> float:
     return number
 
 
-def parse_line(value: Any, key: str) -> str:
-    """A one-line string; None and numbers are accepted (YAML may read `2025` as an int)."""
+def _as_text(value: Any, key: str) -> str:
+    """None as '', numbers as their text (YAML may read `2025` as an int); containers and booleans refused."""
     if value is None:
         return ""
     if isinstance(value, (dict, list, tuple, set, bool)):
         raise CkError(key, value, "not a string", f"write {key}: 'text'")
-    text = str(value)
+    return str(value)
+
+
+def parse_line(value: Any, key: str) -> str:
+    """A one-line string, stripped."""
+    text = _as_text(value, key)
     if any(ch in text for ch in "\n\r\0"):
         raise CkError(key, value, "must be a single line", "remove the line breaks")
     return text.strip()
@@ -125,11 +131,7 @@ def parse_line(value: Any, key: str) -> str:
 
 def parse_text(value: Any, key: str) -> str:
     """Free text (system_prompt): line breaks allowed, NUL not."""
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list, tuple, set, bool)):
-        raise CkError(key, value, "not a string", f"write {key}: 'text'")
-    text = str(value)
+    text = _as_text(value, key)
     if "\0" in text:
         raise CkError(key, value, "contains a NUL character", "remove it")
     return text
@@ -174,14 +176,6 @@ def parse_model(value: Any, key: str) -> str:
     text = parse_line(value, key)
     get_model(text)  # CkError listing the supported models
     return text
-
-
-def parse_time(value: Any, key: str) -> str:
-    return normalize_slurm_time(value, key)
-
-
-def parse_mem(value: Any, key: str) -> str:
-    return normalize_slurm_mem(value, key)
 
 
 def parse_modules(value: Any, key: str) -> list[str]:
@@ -270,6 +264,10 @@ class _Context:
             self.settings = load_settings()
         return getattr(self.settings, name)
 
+    def source(self, name: str) -> str:
+        self.setting(name)  # loads the settings
+        return _setting_source(self.settings, name)
+
 
 def _from_settings(name: str, text: str | None = None) -> Derived:
     return Derived(text or f"settings {name} (`ck config set {name} ...`)", lambda c: c.setting(name))
@@ -293,18 +291,13 @@ def _scratch(c: _Context) -> Path:
     """The settings' scratch, unless that is only the default (./ck-scratch of the current directory)
     and the run directory sits in the scratch layout <scratch>/ck-sanity-checks/<experiment>/<run>."""
     layout = c.run_dir.parent.parent
-    if layout.name in EXPERIMENT_ROOTS and _setting_source(_loaded(c), "scratch") == "default":
+    if layout.name in EXPERIMENT_ROOTS and c.source("scratch") == "default":
         return layout.parent
     return Path(c.setting("scratch"))
 
 
-def _loaded(c: _Context) -> Any:
-    c.setting("scratch")  # loads the settings
-    return c.settings
-
-
 def _default_models_dir(c: _Context) -> str:
-    if _setting_source(_loaded(c), "models_dir") == "default":
+    if c.source("models_dir") == "default":
         return str(_scratch(c) / "models")
     return str(c.setting("models_dir"))
 
@@ -390,11 +383,11 @@ KEYS: tuple[Key, ...] = (
     Key("custom_recipe", "str", parse_line, DEFAULT_RECIPE,
         "recipe run by `tune run`: a dotted module, a .py path or a torchtune recipe name", _C),
     # -- SLURM and environment
-    Key("time", "HH:MM:SS", parse_time, _from_settings("slurm_time"), "#SBATCH --time", _S),
+    Key("time", "HH:MM:SS", normalize_slurm_time, _from_settings("slurm_time"), "#SBATCH --time", _S),
     Key("gpus", "int", int_at_least(0), Derived("1 if device is cuda, else 0", lambda c: 1 if c.values["device"] == "cuda" else 0),
         "GPUs (#SBATCH --gres=gpu:N, omitted when 0; >1 runs `tune run --nproc_per_node`)", _S),
     Key("cpus", "int", int_at_least(1), 1, "#SBATCH --cpus-per-task", _S),
-    Key("mem", "size", parse_mem, _from_settings("slurm_mem"), "#SBATCH --mem, e.g. 32G", _S),
+    Key("mem", "size", normalize_slurm_mem, _from_settings("slurm_mem"), "#SBATCH --mem, e.g. 32G", _S),
     Key("account", "str|null", parse_optional_line, _from_settings("slurm_account"), "#SBATCH --account (omitted when unset)", _S),
     Key("partition", "str|null", parse_optional_line, _from_settings("slurm_partition"), "#SBATCH --partition (omitted when unset)", _S),
     Key("constraint", "str|null", parse_optional_line, _from_settings("slurm_constraint"), "#SBATCH --constraint (omitted when unset)", _S),
@@ -607,7 +600,9 @@ def run_paths(values: Mapping[str, Any]) -> dict[str, Path]:
     }
 
 
+@functools.lru_cache(maxsize=None)
 def _jinja() -> jinja2.Environment:
+    """One environment per process, so each template is compiled once, not once per run rendered."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     env.filters["y"] = yaml_value
@@ -615,7 +610,7 @@ def _jinja() -> jinja2.Environment:
     return env
 
 
-def render_finetune_yaml(values: Mapping[str, Any], run_dir: Path) -> str:
+def render_finetune_yaml(values: Mapping[str, Any]) -> str:
     spec = get_model(values["model"])
     paths = run_paths(values)
     epochs_to_save = values["epochs_to_save"]
@@ -752,7 +747,7 @@ def render_run(setup: Mapping[str, Any] | str | os.PathLike | None = None, run_d
         data = load_setup_file(run_dir / SETUP_FILE if setup is None else setup)
     merged = {**canonical_setup(data), **canonical_setup(overrides or {})}
     values = resolve_setup(merged, run_dir, settings)
-    files[FINETUNE_YAML] = render_finetune_yaml(values, run_dir)
+    files[FINETUNE_YAML] = render_finetune_yaml(values)
     files[FINETUNE_SLURM] = render_finetune_slurm(values, run_dir)
     result = RenderResult(run_dir, values, run_paths(values)["output_dir"], files)
     for name, text in files.items():
