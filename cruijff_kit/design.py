@@ -65,6 +65,13 @@ def dataset_label(args: BitSequenceArgs) -> str:
     return f"{kind}{p}_L{args.bit_length}_N{args.N}_V{args.val_size}_s{args.seed}"
 
 
+def run_dataset_label(preset: str, run_name: object, args: BitSequenceArgs) -> str:
+    """`dataset_label(args)`, except that a seed-preset run left unchanged keeps the seed's file name."""
+    if preset == "seed" and run_name in SEED_LABELS and args == BitSequenceArgs(**presets.SEED["runs"][run_name]):
+        return SEED_LABELS[run_name]
+    return dataset_label(args)
+
+
 def parse_add_run(spec: str) -> dict[str, Any]:
     """`NAME:parity|bernoulli:BIT_LENGTH:P[:N[:VAL_SIZE]]` -> dict for `extra_runs`."""
     parts = spec.split(":")
@@ -139,7 +146,6 @@ def build_bit_sequences_plan(
     compute = _validated(Compute, compute_data, "compute")
     model = overrides.get("model", base["model"])
 
-    first = next(iter(base["runs"].values()))
     run_args: list[tuple[str, dict[str, Any]]] = []
     for run_name, args in base["runs"].items():
         args = dict(args)
@@ -173,13 +179,10 @@ def build_bit_sequences_plan(
     runs = []
     for i, (run_name, args) in enumerate(run_args):
         generator = _validated(BitSequenceArgs, args, f"runs[{i}] ({run_name}).dataset.generator")
-        label = dataset_label(generator)
-        if preset == "seed" and run_name in SEED_LABELS \
-                and generator == BitSequenceArgs(**presets.SEED["runs"][run_name]):
-            label = SEED_LABELS[run_name]
         runs.append({
             "name": run_name,
-            "dataset": {"label": label, "ext": ".json", "generator": generator.model_dump()},
+            "dataset": {"label": run_dataset_label(preset, run_name, generator), "ext": ".json",
+                        "generator": generator.model_dump()},
             "model": model,
             "hyper": hyper.model_dump(),
             "compute": compute.model_dump(),
@@ -232,8 +235,8 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def _human(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if nbytes < 1000 or unit == "TB":
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1000
     return f"{nbytes:.1f} TB"
@@ -264,7 +267,7 @@ def expected_dedup_loss(gen: BitSequenceArgs) -> float:
     The generator draws strings uniformly with replacement; a given string is among the val_size
     validation draws with probability 1 - (1 - 2^-L)^val_size.
     """
-    return -math.expm1(gen.val_size * math.log1p(-(2.0 ** -gen.bit_length))) if gen.bit_length > 0 else 1.0
+    return -math.expm1(gen.val_size * math.log1p(-(2.0 ** -gen.bit_length)))
 
 
 def verify_dataset(exp: Experiment, run: RunPlan) -> Check:
@@ -289,11 +292,11 @@ def verify_dataset(exp: Experiment, run: RunPlan) -> Check:
     warning = dropped >= 0.25
     note = f" WARNING: {dedup}; keep 2^bit_length >> val_size." if warning else f" {dedup}."
     if path.is_file():
-        try:
-            from cruijff_kit.generate import provenance_matches
+        from cruijff_kit.generate import provenance_matches  # numpy: only when a dataset is there
 
+        try:
             same = provenance_matches(path, gen.model_dump())
-        except (ImportError, CkError):
+        except CkError:
             same = False
         if same:
             return Check("VERIFY_DATASET", what, command, f"exists ({_human(path.stat().st_size)}), generated from these arguments",
@@ -313,8 +316,8 @@ def verify_dataset(exp: Experiment, run: RunPlan) -> Check:
 
 def estimate_disk_bytes(exp: Experiment) -> int:
     need = 0
-    for label_ext, gen in {(r.dataset.label + r.dataset.ext): r.dataset.generator for r in exp.runs}.items():
-        if gen is not None and not (Path(exp.data_dir) / label_ext).exists():
+    for path, gen in {r.dataset.dataset_path(exp): r.dataset.generator for r in exp.runs}.items():
+        if gen is not None and not path.exists():
             need += gen.N * (gen.bit_length + 60)
     for model in {r.model for r in exp.runs}:
         model_dir = Path(exp.models_dir) / model
@@ -416,10 +419,22 @@ def write_experiment(
     return exp_dir
 
 
-def _ask_on_tty(exp: Experiment, checks: list[Check]) -> bool:
-    print(runs_table(exp))
+def print_plan(exp: Experiment, checks: list[Check], out=None) -> None:
+    """The runs table and one line per check: what a confirmation prompt shows."""
+    print(runs_table(exp), file=out)
     for c in checks:
-        print(f"  {c.action:<15} {c.description}: {c.result}")
+        print(f"  {c.action:<15} {c.description}: {c.result}", file=out)
+
+
+def written_message(exp_dir: Path) -> str:
+    """What `ck design` prints after writing a plan."""
+    return (f"wrote {Path(exp_dir) / SUMMARY_NAME}\n"
+            f"log   {explog.log_path(exp_dir, 'design')}\n"
+            f"next: ck scaffold {exp_dir}")
+
+
+def _ask_on_tty(exp: Experiment, checks: list[Check]) -> bool:
+    print_plan(exp, checks)
     answer = input(f"Write this plan to {exp.experiment_dir}? [Y/n] ").strip().lower()
     return answer in ("", "y", "yes")
 

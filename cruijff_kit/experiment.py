@@ -17,12 +17,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_text
 from cruijff_kit.markdown_sections import get_section
-from cruijff_kit.settings import normalize_slurm_mem, normalize_slurm_time, normalize_wandb_project
+from cruijff_kit.settings import (
+    load_settings,
+    normalize_slurm_mem,
+    normalize_slurm_time,
+    normalize_wandb_project,
+    slurm_time_seconds,
+)
 
 SUMMARY_NAME = "experiment_summary.md"
 PLAN_HEADING = "Plan"
@@ -121,19 +127,12 @@ class Compute(_Plan):
     mem: str
     cpus: int = Field(default=1, ge=1)
 
-    @field_validator("time", mode="before")
+    @field_validator("time", "mem", mode="before")
     @classmethod
-    def _time(cls, value: Any) -> str:
+    def _slurm(cls, value: Any, info: ValidationInfo) -> str:
+        normalize = normalize_slurm_time if info.field_name == "time" else normalize_slurm_mem
         try:
-            return normalize_slurm_time(value, "time")
-        except CkError as err:
-            raise ValueError(f"{err.problem}; {err.fix}") from None
-
-    @field_validator("mem", mode="before")
-    @classmethod
-    def _mem(cls, value: Any) -> str:
-        try:
-            return normalize_slurm_mem(value, "mem")
+            return normalize(value, info.field_name)
         except CkError as err:
             raise ValueError(f"{err.problem}; {err.fix}") from None
 
@@ -186,7 +185,8 @@ class Experiment(_Plan):
     @field_validator("date", mode="before")
     @classmethod
     def _date(cls, value: Any) -> str:
-        if isinstance(value, _dt.date):  # YAML reads an unquoted 2025-10-28 as a date
+        # YAML reads an unquoted 2025-10-28 as a date (and 2025-10-28 12:00 as a datetime: refused below)
+        if isinstance(value, _dt.date) and not isinstance(value, _dt.datetime):
             return value.isoformat()
         text = str(value)
         try:
@@ -310,8 +310,6 @@ def find_experiment_dir(arg: str | os.PathLike, settings: Any = None) -> Path:
         return path.parent.resolve()
     scratch = None
     if len(path.parts) == 1:
-        from cruijff_kit.settings import load_settings
-
         scratch = Path((settings or load_settings()).scratch)
         for sub in ("ck-sanity-checks", "ck-experiments"):
             if (scratch / sub / path.name).is_dir():
@@ -369,23 +367,24 @@ _FIXES = {
 }
 
 
-def _loc_path(loc: tuple) -> str:
-    out = ""
+def field_path(loc: tuple, prefix: str = "") -> str:
+    """A pydantic error location as `prefix.runs[0].hyper.lr` ("" for the plan itself)."""
+    out = prefix
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif str(part).startswith(("function-", "function_")):  # validator tags, not fields
-            continue
+        elif "[" in str(part) or str(part).startswith(("function-", "function_")):
+            continue  # pydantic's union/validator tags, not fields
         else:
             out += ("." if out else "") + str(part)
-    return out or "plan"
+    return out
 
 
 def plan_error(exc: ValidationError, where: str = "plan") -> CkError:
     errors = exc.errors()
     first = errors[0]
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))  # drop union tags
-    field = _loc_path(loc)
+    field = field_path(loc) or "plan"
     leaf = next((p for p in reversed(loc) if isinstance(p, str)), "")
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
@@ -417,6 +416,7 @@ def binary_entropy_nats(p: float) -> float:
 def expected_for(args: BitSequenceArgs) -> Expected:
     """The best any model can do on validation, at the answer token."""
     floor = binary_entropy_nats(args.p)
+    best_accuracy = max(args.p, 1.0 - args.p)
     if args.bit_parity and args.p == 0.0:
         return Expected(
             kind="learnable", floor_nats=0.0, target_accuracy=LEARNABLE_TARGET_ACCURACY,
@@ -424,16 +424,12 @@ def expected_for(args: BitSequenceArgs) -> Expected:
                  f"toward 0 nats and accuracy reach {LEARNABLE_TARGET_ACCURACY}",
         )
     if args.bit_parity:
-        return Expected(
-            kind="floor", floor_nats=round(floor, 6), target_accuracy=round(max(args.p, 1.0 - args.p), 6),
-            note=f"parity with labels flipped with probability {args.p}: answer loss cannot go below "
-                 f"H({args.p}) = {floor:.4f} nats; the best accuracy is {max(args.p, 1 - args.p):.4f}",
-        )
-    return Expected(
-        kind="floor", floor_nats=round(floor, 6), target_accuracy=round(max(args.p, 1.0 - args.p), 6),
-        note=f"labels ~ Bernoulli({args.p}) independent of the input: answer loss should plateau at "
-             f"H({args.p}) = {floor:.4f} nats and accuracy at {max(args.p, 1 - args.p):.4f}, not better",
-    )
+        note = (f"parity with labels flipped with probability {args.p}: answer loss cannot go below "
+                f"H({args.p}) = {floor:.4f} nats; the best accuracy is {best_accuracy:.4f}")
+    else:
+        note = (f"labels ~ Bernoulli({args.p}) independent of the input: answer loss should plateau at "
+                f"H({args.p}) = {floor:.4f} nats and accuracy at {best_accuracy:.4f}, not better")
+    return Expected(kind="floor", floor_nats=round(floor, 6), target_accuracy=round(best_accuracy, 6), note=note)
 
 
 # ---------------------------------------------------------------- the human part of experiment_summary.md
@@ -474,10 +470,6 @@ def _labels(run: RunPlan) -> str:
     return f"Bernoulli({gen.p:g})"
 
 
-def _fmt_lr(lr: float) -> str:
-    return f"{lr:g}"
-
-
 def render_summary(exp: Experiment) -> str:
     kind = "Sanity check" if exp.kind == "sanity_check" else "Experiment"
     models = sorted({r.model for r in exp.runs})
@@ -500,7 +492,7 @@ def render_summary(exp: Experiment) -> str:
         split = f"{gen.N - gen.val_size}/{gen.val_size}" if gen else "-"
         rows.append([
             run.name, _labels(run), gen.bit_length if gen else "-", f"{gen.p:g}" if gen else "-", split,
-            run.model, run.hyper.epochs, run.hyper.batch_size, _fmt_lr(run.hyper.lr),
+            run.model, run.hyper.epochs, run.hyper.batch_size, f"{run.hyper.lr:g}",
             f"{run.expected.floor_nats:.4f}",
             "-" if run.expected.target_accuracy is None else f"{run.expected.target_accuracy:.2f}",
         ])
@@ -536,8 +528,6 @@ def render_summary(exp: Experiment) -> str:
     out += ["", "## Resources", ""]
     out.append(_table(["Run", "GPUs", "CPUs", "Time limit", "Memory"],
                       [[r.name, r.compute.gpus, r.compute.cpus, r.compute.time, r.compute.mem] for r in exp.runs]))
-    from cruijff_kit.settings import slurm_time_seconds
-
     gpu_hours = sum(r.compute.gpus * slurm_time_seconds(r.compute.time) for r in exp.runs) / 3600
     cpu_only = all(r.compute.gpus == 0 for r in exp.runs)
     out += ["", "At most {:.1f} GPU-hours if every run used its whole time limit.".format(gpu_hours)

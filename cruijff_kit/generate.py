@@ -29,7 +29,7 @@ import json
 import math
 import operator
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -72,14 +72,7 @@ class GenerationArguments:
     seed: int = 42
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "bit_length": self.bit_length,
-            "N": self.N,
-            "val_size": self.val_size,
-            "bit_parity": self.bit_parity,
-            "p": self.p,
-            "seed": self.seed,
-        }
+        return asdict(self)
 
 
 def parse_bool(flag: str, value: object) -> bool:
@@ -103,28 +96,25 @@ def parse_bool(flag: str, value: object) -> bool:
 def _parse_int(flag: str, value: object, example: str) -> int:
     if value is None:
         raise CkError(flag, value, "is required", f"pass e.g. {flag} {example}")
-    if isinstance(value, (bool, np.bool_)):
-        raise CkError(flag, value, "is not an integer", f"pass a whole number, e.g. {flag} {example}")
-    if isinstance(value, str):
+    if not isinstance(value, (bool, np.bool_)):
         try:
-            return int(value.strip())
-        except ValueError:
-            raise CkError(flag, value, "is not an integer", f"pass a whole number, e.g. {flag} {example}") from None
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise CkError(flag, value, "is not an integer", f"pass a whole number, e.g. {flag} {example}") from None
+            return int(value.strip()) if isinstance(value, str) else operator.index(value)
+        except (TypeError, ValueError):
+            pass
+    raise CkError(flag, value, "is not an integer", f"pass a whole number, e.g. {flag} {example}")
 
 
 def _parse_probability(flag: str, value: object) -> float:
     if value is None:
         return 0.0
-    if isinstance(value, (bool, np.bool_)):
+    number = None
+    if not isinstance(value, (bool, np.bool_)):
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError):
+            pass
+    if number is None:
         raise CkError(flag, value, "is not a number", f"pass a probability in [0, 1], e.g. {flag} 0.5")
-    try:
-        number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError):
-        raise CkError(flag, value, "is not a number", f"pass a probability in [0, 1], e.g. {flag} 0.5") from None
     if not (math.isfinite(number) and 0.0 <= number <= 1.0):
         raise CkError(flag, value, "is not in [0, 1]", f"pass a probability in [0, 1], e.g. {flag} 0 or {flag} 0.5")
     return number
@@ -235,7 +225,10 @@ class BitSequenceSplits:
 
 def sample_bit_sequences(bit_length, N, val_size, bit_parity, p=0.0, seed=42) -> BitSequenceSplits:
     """Draw the seed generator's data (see the module docstring for the call sequence)."""
-    args = validate_arguments(bit_length, N, val_size, bit_parity, p, seed)
+    return _sample(validate_arguments(bit_length, N, val_size, bit_parity, p, seed))
+
+
+def _sample(args: GenerationArguments) -> BitSequenceSplits:
     rng = np.random.RandomState(args.seed)
 
     # (a) what rng.choice(all 2^n strings, size=N) draws: indices = binary values of the strings
@@ -375,16 +368,16 @@ def write_dataset(bit_length, N, val_size, bit_parity, p=0.0, seed=42, *, output
     args = validate_arguments(bit_length, N, val_size, bit_parity, p, seed)
     output = validate_output_name(output)
     directory = check_output_dir(default_data_dir() if output_dir is None else output_dir)
-    if (directory / output).is_dir():
-        raise CkError("--output", output, f"{directory / output} is a directory",
+    path = directory / output
+    if path.is_dir():
+        raise CkError("--output", output, f"{path} is a directory",
                       "pass a new file name with --output, or another --output_dir")
 
-    splits = sample_bit_sequences(**args.as_dict())
+    splits = _sample(args)
     counts = splits.counts()
     data = encode_dataset_json(splits)
     del splits
     sha256 = hashlib.sha256(data).hexdigest()
-    path = directory / output
     provenance = {
         "generator": GENERATOR_NAME,
         "generator_version": GENERATOR_VERSION,
@@ -418,17 +411,15 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     record_path = path if path.name.endswith(PROVENANCE_SUFFIX) else provenance_path_for(path)
+    fix = "regenerate it with `ck generate bit-sequences`"
     try:
         record = json.loads(record_path.read_text())
     except FileNotFoundError:
-        raise CkError("dataset", str(path), f"has no provenance record ({record_path.name})",
-                      "regenerate it with `ck generate bit-sequences`") from None
+        raise CkError("dataset", str(path), f"has no provenance record ({record_path.name})", fix) from None
     except (OSError, ValueError) as exc:
-        raise CkError("dataset", str(path), f"provenance record {record_path} is unreadable ({exc})",
-                      "regenerate it with `ck generate bit-sequences`") from None
+        raise CkError("dataset", str(path), f"provenance record {record_path} is unreadable ({exc})", fix) from None
     if not isinstance(record, dict):
-        raise CkError("dataset", str(path), f"provenance record {record_path} is not a JSON object",
-                      "regenerate it with `ck generate bit-sequences`")
+        raise CkError("dataset", str(path), f"provenance record {record_path} is not a JSON object", fix)
     return record
 
 

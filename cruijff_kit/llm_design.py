@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from pydantic import ValidationError
 
 from cruijff_kit import explog, presets
-from cruijff_kit.design import (SEED_LABELS, Check, build_bit_sequences_plan, dataset_label, preset_run_defaults, runs_table,
-                               write_experiment)
+from cruijff_kit.design import (Check, build_bit_sequences_plan, preset_run_defaults, print_plan, run_dataset_label,
+                               write_experiment, written_message)
 from cruijff_kit.errors import CkError
-from cruijff_kit.experiment import BitSequenceArgs, Experiment, expected_for
+from cruijff_kit.experiment import BitSequenceArgs, Experiment, expected_for, field_path
+from cruijff_kit.settings import KEYS as SETTING_KEYS
 from cruijff_kit.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -65,39 +66,27 @@ PROPOSAL_DESCRIPTIONS = {
     "DatasetPlan": "The run's dataset, generated from `generator`; cruijff_kit chooses its file name.",
 }
 
-# Settings keys (getattr defaults until settings.py carries them).
-LLM_DEFAULTS = {"llm_model": "claude-sonnet-4-6", "llm_max_tokens": 4096, "llm_timeout": 60.0,
-                "llm_max_retries": 2, "llm_max_rounds": 3}
+
+def _default(key: str) -> Any:
+    return SETTING_KEYS[key].default({})
 
 
 @dataclass(frozen=True)
 class LlmOptions:
-    model: str = LLM_DEFAULTS["llm_model"]
-    max_tokens: int = LLM_DEFAULTS["llm_max_tokens"]
-    timeout_s: float = LLM_DEFAULTS["llm_timeout"]
-    max_retries: int = LLM_DEFAULTS["llm_max_retries"]   # the SDK's retries of 408/409/429/5xx/timeouts
-    max_rounds: int = LLM_DEFAULTS["llm_max_rounds"]     # proposals, counting the first
+    """The llm_* settings; defaults and checks are settings.py's."""
+
+    model: str = _default("llm_model")
+    max_tokens: int = _default("llm_max_tokens")
+    timeout_s: float = _default("llm_timeout")
+    max_retries: int = _default("llm_max_retries")   # the SDK's retries of 408/409/429/5xx/timeouts
+    max_rounds: int = _default("llm_max_rounds")     # proposals, counting the first
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LlmOptions":
-        return cls(
-            model=_llm_setting(settings, "llm_model", str, lambda v: bool(v.strip())),
-            max_tokens=_llm_setting(settings, "llm_max_tokens", int, lambda v: v >= 1),
-            timeout_s=_llm_setting(settings, "llm_timeout", float, lambda v: v > 0),
-            max_retries=_llm_setting(settings, "llm_max_retries", int, lambda v: v >= 0),
-            max_rounds=_llm_setting(settings, "llm_max_rounds", int, lambda v: v >= 1),
-        )
-
-
-def _llm_setting(settings: Settings, key: str, cast: Callable[[Any], Any], ok: Callable[[Any], bool]) -> Any:
-    raw = getattr(settings, key, LLM_DEFAULTS[key])
-    try:
-        value = cast(raw)
-    except (TypeError, ValueError):
-        value = None
-    if value is None or not ok(value):
-        raise CkError(key, raw, "not a valid value", f"e.g. `ck config set {key} {LLM_DEFAULTS[key]}`")
-    return value
+        """`settings` may be any object with llm_* attributes; a missing one takes its default."""
+        keys = ("llm_model", "llm_max_tokens", "llm_timeout", "llm_max_retries", "llm_max_rounds")
+        return cls(*(SETTING_KEYS[k].parse(getattr(settings, k), k) if hasattr(settings, k) else _default(k)
+                     for k in keys))
 
 
 # ---------------------------------------------------------------- the tool schema, generated from the plan model
@@ -162,16 +151,11 @@ def tool_definition() -> dict[str, Any]:
     }
 
 
-def generator_defaults(preset: str, run_name: Any = None, bit_parity: Any = None) -> dict[str, Any]:
-    """What a proposed run takes from the preset when not given: the same rule as `--add-run`."""
-    return preset_run_defaults(preset, run_name, bit_parity)
-
-
 def system_prompt(preset: str, skeleton: Experiment) -> str:
     run = skeleton.runs[0]
     defaults = {"model": run.model, "hyper": run.hyper.model_dump(), "compute": run.compute.model_dump(),
-                "dataset.generator (parity runs)": generator_defaults(preset, None, True),
-                "dataset.generator (Bernoulli runs)": generator_defaults(preset, None, False)}
+                "dataset.generator (parity runs)": preset_run_defaults(preset, None, True),
+                "dataset.generator (Bernoulli runs)": preset_run_defaults(preset, None, False)}
     return (
         "You design fine-tuning sanity checks for cruijff_kit. The task is binary classification of bit strings: "
         "each dataset is generated from `dataset.generator` arguments. bit_parity=true: the label is the parity of "
@@ -196,18 +180,6 @@ class ProposalInvalid(Exception):
         super().__init__("; ".join(problems))
 
 
-def _loc(prefix: str, loc: tuple) -> str:
-    path = prefix
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif "[" in str(part) or str(part).startswith("function-"):
-            continue  # pydantic's union/validator tags, not fields
-        else:
-            path += ("." if path else "") + str(part)
-    return path or "(plan)"
-
-
 def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
     out = []
     for err in exc.errors():
@@ -215,15 +187,8 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
         got = "" if err["type"] == "missing" else f" (got {json.dumps(err.get('input'), default=str)[:80]})"
         if err["type"] == "extra_forbidden":
             msg = "unknown field, not part of the plan"
-        out.append(f"{_loc(prefix, tuple(err['loc']))}: {msg}{got}")
+        out.append(f"{field_path(tuple(err['loc']), prefix) or '(plan)'}: {msg}{got}")
     return out
-
-
-def _run_label(preset: str, run_name: Any, generator: BitSequenceArgs) -> str:
-    """The dataset label `ck design bit-sequences` gives the same run (seed file names kept)."""
-    if preset == "seed" and run_name in SEED_LABELS and generator == BitSequenceArgs(**presets.SEED["runs"][run_name]):
-        return SEED_LABELS[run_name]
-    return dataset_label(generator)
 
 
 def plan_from_proposal(proposal: Any, skeleton: Experiment, preset: str) -> Experiment:
@@ -254,13 +219,14 @@ def plan_from_proposal(proposal: Any, skeleton: Experiment, preset: str) -> Expe
             problems += [f"{where}.dataset.{key}: set by cruijff_kit, leave it out"
                          for key in TOOLKIT_FIELDS["DatasetPlan"] if key in dataset]
             try:
-                defaults = generator_defaults(preset, run.get("name"), dataset["generator"].get("bit_parity"))
+                # what a proposed run leaves out: the same rule as `--add-run`
+                defaults = preset_run_defaults(preset, run.get("name"), dataset["generator"].get("bit_parity"))
                 generator = BitSequenceArgs.model_validate(defaults | dataset["generator"])
             except ValidationError as exc:
                 problems += _problems(exc, f"{where}.dataset.generator")
                 continue
             rest = {k: v for k, v in dataset.items() if k != "generator" and k not in TOOLKIT_FIELDS["DatasetPlan"]}
-            run["dataset"] = {"label": _run_label(preset, run.get("name"), generator), "ext": ".json",
+            run["dataset"] = {"label": run_dataset_label(preset, run.get("name"), generator), "ext": ".json",
                               "generator": generator.model_dump(), **rest}
             run.setdefault("model", base_run.model)
             for part, base in (("hyper", base_run.hyper), ("compute", base_run.compute)):
@@ -466,9 +432,7 @@ def design_from_description(
     def confirm(exp: Experiment, checks: list[Check]) -> bool:
         print(f"Plan proposed by {design.model_id} (valid after {design.rounds} round(s)):", file=out)
         print(f"purpose: {exp.purpose}", file=out)
-        print(runs_table(exp), file=out)
-        for c in checks:
-            print(f"  {c.action:<15} {c.description}: {c.result}", file=out)
+        print_plan(exp, checks, out)
         if yes:
             how = "--yes"
         else:
@@ -559,7 +523,5 @@ def run_describe(args: argparse.Namespace) -> int:
         text, settings=settings, preset=getattr(args, "preset", "embedded"), name=getattr(args, "name", None),
         yes=yes, ask=input, command_line=shlex.join(words), force=force,
     )
-    print(f"\nwrote {exp_dir / 'experiment_summary.md'}")
-    print(f"log   {exp_dir / 'design-experiment.log'}")
-    print(f"next: ck scaffold {exp_dir}")
+    print("\n" + written_message(exp_dir))
     return 0

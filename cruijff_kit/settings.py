@@ -25,7 +25,6 @@ from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_text
 from cruijff_kit.paths import default_data_dir
 
-SOURCES = ("flag", "env", "file", "default")
 EXECUTORS = ("local", "slurm")
 
 SLURM_TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
@@ -44,13 +43,14 @@ def normalize_slurm_time(value: Any, field: str = "slurm_time") -> str:
         days, rest = divmod(value, 86400)
         hours, rest = divmod(rest, 3600)
         text = f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
-        return f"{days}-{text}" if days else text
-    text = str(value).strip()
-    if not SLURM_TIME_RE.match(text):
-        raise CkError(field, value, "not a SLURM time", "write it as HH:MM:SS or D-HH:MM:SS, e.g. 01:00:00")
-    hms = text.split("-")[-1].split(":")
-    if int(hms[1]) > 59 or int(hms[2]) > 59:
-        raise CkError(field, value, "minutes and seconds must be below 60", "e.g. 01:30:00")
+        text = f"{days}-{text}" if days else text
+    else:
+        text = str(value).strip()
+        if not SLURM_TIME_RE.match(text):
+            raise CkError(field, value, "not a SLURM time", "write it as HH:MM:SS or D-HH:MM:SS, e.g. 01:00:00")
+        hms = text.split("-")[-1].split(":")
+        if int(hms[1]) > 59 or int(hms[2]) > 59:
+            raise CkError(field, value, "minutes and seconds must be below 60", "e.g. 01:30:00")
     if slurm_time_seconds(text) == 0:
         raise CkError(field, value, "a time limit of zero", "give at least 00:01:00")
     return text
@@ -67,7 +67,7 @@ def slurm_time_seconds(text: str) -> int:
 
 def normalize_slurm_mem(value: Any, field: str = "slurm_mem") -> str:
     text = str(value).strip().upper()
-    if text.endswith("B") and len(text) > 1:
+    if text[-2:] in ("KB", "MB", "GB", "TB"):  # not a bare B: SLURM reads a plain number as MB
         text = text[:-1]
     if isinstance(value, bool) or not SLURM_MEM_RE.match(text):
         raise CkError(field, value, "not a SLURM memory size", "a positive number with unit K, M, G or T, e.g. 32G")
@@ -126,16 +126,6 @@ def _as_executor(value: Any, field: str) -> str:
     return text
 
 
-def _as_max_local_jobs(value: Any, field: str) -> int:
-    try:
-        number = int(str(value).strip()) if not isinstance(value, bool) else None
-    except ValueError:
-        number = None
-    if number is None or number < 1:
-        raise CkError(field, value, "must be a whole number >= 1", "e.g. 2 (jobs run at once by the local executor)")
-    return number
-
-
 def _number(cast: Callable[[str], Any], minimum: float, example: str) -> Callable[[Any, str], Any]:
     def parse(value: Any, field: str) -> Any:
         try:
@@ -143,7 +133,8 @@ def _number(cast: Callable[[str], Any], minimum: float, example: str) -> Callabl
         except ValueError:
             number = None
         if number is None or number < minimum:
-            raise CkError(field, value, f"must be a number >= {minimum}", f"e.g. {example}")
+            what = "a whole number" if cast is int else "a number"
+            raise CkError(field, value, f"must be {what} >= {minimum}", f"e.g. {example}")
         return number
     return parse
 
@@ -187,7 +178,8 @@ KEYS: dict[str, _Key] = {
     "wandb_project": _Key(normalize_wandb_project, lambda _: default_wandb_project(),
                           "W&B project (default bit_sequences_YYYY-MM-DD)"),
     "executor": _Key(_as_executor, lambda _: "local", "local (subprocesses) or slurm (sbatch)"),
-    "max_local_jobs": _Key(_as_max_local_jobs, lambda _: 2, "jobs the local executor runs at once"),
+    "max_local_jobs": _Key(_number(int, 1, "2 (jobs run at once by the local executor)"), lambda _: 2,
+                           "jobs the local executor runs at once"),
     "llm_model": _Key(_as_nonempty_str, lambda _: "claude-sonnet-4-6",
                       "Anthropic model used by `ck design --describe`"),
     "llm_max_tokens": _Key(_number(int, 1, "4096"), lambda _: 4096, "max tokens of one `ck design --describe` reply"),
@@ -262,10 +254,14 @@ def read_settings_file(path: Path, validate_keys: bool = True) -> dict[str, Any]
     return data
 
 
+def _file_path(path: str | os.PathLike | None, env: Mapping[str, str]) -> Path:
+    return Path(path).expanduser() if path is not None else settings_path(env)
+
+
 def load_settings(overrides: dict | None = None, *, env: Mapping[str, str] = os.environ,
                   path: str | os.PathLike | None = None) -> Settings:
     """Resolve every key: overrides (flags; None = not given) > CK_* env > settings file > default."""
-    file_path = Path(path).expanduser() if path is not None else settings_path(env)
+    file_path = _file_path(path, env)
     flags = {}
     for key, value in (overrides or {}).items():
         if value is not None:
@@ -289,27 +285,21 @@ def load_settings(overrides: dict | None = None, *, env: Mapping[str, str] = os.
     return Settings(values, sources, file_path)
 
 
-def _yaml_value(key: str, value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def set_setting(key: str, value: Any, *, env: Mapping[str, str] = os.environ,
                 path: str | os.PathLike | None = None) -> tuple[str, Any, Path]:
     """Validate and store one key in the settings file (atomic rewrite). Returns (key, stored value, file)."""
     key = check_key(key)
-    file_path = Path(path).expanduser() if path is not None else settings_path(env)
+    file_path = _file_path(path, env)
     data = read_settings_file(file_path)
     parsed = KEYS[key].parse(value, key)
-    data[key] = _yaml_value(key, parsed)
+    data[key] = str(parsed) if isinstance(parsed, Path) else parsed
     _write_settings_file(file_path, data)
     return key, parsed, file_path
 
 
 def unset_setting(key: str, *, env: Mapping[str, str] = os.environ,
                   path: str | os.PathLike | None = None) -> bool:
-    file_path = Path(path).expanduser() if path is not None else settings_path(env)
+    file_path = _file_path(path, env)
     data = read_settings_file(file_path, validate_keys=False)  # so a misspelt key can be removed
     if key not in data:
         key = check_key(key)

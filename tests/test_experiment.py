@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import math
 
 import pytest
@@ -112,6 +113,8 @@ def _with(exp, mutate) -> dict:
     (lambda d: d.update(experiment_dir="relative/dir"), "experiment_dir", "'relative/dir'"),
     (lambda d: d.update(kind="study"), "kind", "'study'"),
     (lambda d: d.update(date="31/01/2026"), "date", None),
+    (lambda d: d.update(date=dt.datetime(2026, 1, 31, 12, 0)), "date", None),  # YAML: unquoted 2026-01-31 12:00
+    (lambda d: d["runs"][0]["compute"].update(time=0), "runs[0].compute.time", "0"),  # zero seconds, as an int
     (lambda d: d["runs"][0]["expected"].update(kind="maybe"), "runs[0].expected.kind", None),
     (lambda d: d["runs"][0]["hyper"].pop("epochs"), "runs[0].hyper.epochs", None),
     (lambda d: d["runs"][0]["hyper"].update(lr_scheduler="step"), "runs[0].hyper.lr_scheduler", None),

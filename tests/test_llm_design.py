@@ -314,7 +314,7 @@ def test_ck_design_describe_end_to_end(api, tmp_path, capsys):
 
 def test_llm_options_from_settings(tmp_path):
     settings = load_settings(env={}, path=tmp_path / "absent.yaml")
-    assert LlmOptions.from_settings(settings) == LlmOptions()  # defaults until settings carry them
+    assert LlmOptions.from_settings(settings) == LlmOptions()  # settings.py's defaults
     custom = argparse.Namespace(llm_model="claude-opus-4-1", llm_max_tokens="8192", llm_timeout="30",
                                 llm_max_retries=0, llm_max_rounds=5)
     assert LlmOptions.from_settings(custom) == LlmOptions("claude-opus-4-1", 8192, 30.0, 0, 5)

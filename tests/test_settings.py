@@ -79,9 +79,18 @@ def test_yaml_sexagesimal_time_in_file_is_read_back_as_time(tmp_path):
     assert load_settings(env={}, path=cfg).slurm_time == "01:30:00"
 
 
+def test_zero_time_is_refused_as_text_or_as_seconds(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    for text in ("slurm_time: 00:00:00\n", "slurm_time: 0\n"):  # the int path must refuse zero too
+        cfg.write_text(text)
+        with pytest.raises(CkError, match="zero"):
+            load_settings(env={}, path=cfg)
+
+
 @pytest.mark.parametrize("key,value,field", [
     ("slurm_time", "90 minutes", "slurm_time"),
     ("slurm_mem", "lots", "slurm_mem"),
+    ("slurm_mem", "512B", "slurm_mem"),  # bytes: a bare 512 would mean 512 MB to SLURM
     ("executor", "kubernetes", "executor"),
     ("max_local_jobs", "0", "max_local_jobs"),
     ("wandb_project", "my/project", "wandb_project"),

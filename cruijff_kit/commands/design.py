@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print("ck design: choose a target, e.g. `ck design bit-sequences --preset embedded --yes` "
               "(`ck design bit-sequences --help` lists the flags)", file=sys.stderr)
         return 2
-    from cruijff_kit.design import design_bit_sequences, parse_add_run, runs_table
+    from cruijff_kit.design import design_bit_sequences, parse_add_run, runs_table, written_message
     from cruijff_kit.experiment import Experiment
     from cruijff_kit.settings import load_settings
 
@@ -132,9 +132,6 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides, yes=args.yes, interactive=not args.yes, command_line=command_line(args),
         force=args.force,
     )
-    exp = Experiment.load(exp_dir)
-    print(runs_table(exp))
-    print(f"\nwrote {exp.summary_path()}")
-    print(f"log   {exp_dir / 'design-experiment.log'}")
-    print(f"next: ck scaffold {exp_dir}")
+    print(runs_table(Experiment.load(exp_dir)))
+    print("\n" + written_message(exp_dir))
     return 0

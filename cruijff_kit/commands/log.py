@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+
 from cruijff_kit import explog
 from cruijff_kit.experiment import find_experiment_dir
 
