@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from cruijff_kit import explog, presets
 from cruijff_kit.errors import CkError
+from cruijff_kit.fsutil import existing_ancestor
 from cruijff_kit.experiment import (
     SUMMARY_NAME,
     BitSequenceArgs,
@@ -227,13 +228,6 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = Path(path)
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def _human(nbytes: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if nbytes < 1000:
@@ -332,7 +326,7 @@ def estimate_disk_bytes(exp: Experiment) -> int:
 
 def verify_disk(exp: Experiment) -> Check:
     need = estimate_disk_bytes(exp)
-    where = _existing_ancestor(Path(exp.output_root))
+    where = existing_ancestor(Path(exp.output_root))
     free = shutil.disk_usage(where).free
     command = f"df {where}"
     if free < need:

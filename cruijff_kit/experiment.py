@@ -9,7 +9,6 @@ keeps the `## Run directories`, `## Jobs` and `## Results` sections that later s
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
 import math
 import os
 import re
@@ -20,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cruijff_kit.errors import CkError
-from cruijff_kit.fsutil import atomic_write_text
+from cruijff_kit.fsutil import atomic_write_text, locked
 from cruijff_kit.markdown_sections import get_section
 from cruijff_kit.settings import (
     load_settings,
@@ -292,9 +291,7 @@ class Experiment(_Plan):
         target = Path(exp_dir) if exp_dir is not None else Path(self.experiment_dir)
         path = target / SUMMARY_NAME
         target.mkdir(parents=True, exist_ok=True)
-        lock = path.with_name(f".{path.name}.lock")  # the same lock markdown_sections.set_section takes
-        with open(lock, "a") as lk:
-            fcntl.flock(lk, fcntl.LOCK_EX)
+        with locked(path):  # the same lock markdown_sections.set_section takes
             existing = path.read_text() if path.exists() else None
             atomic_write_text(path, self.render(existing))
         return path

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
@@ -37,3 +40,20 @@ def atomic_write_text(path: str | os.PathLike, text: str, mode: int | None = Non
 
 def atomic_write_json(path: str | os.PathLike, obj: object, indent: int | None = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    """`path` itself if it exists, else its nearest existing parent (for disk and permission checks)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+@contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `.<name>.lock` beside `path` while the block rewrites `path`."""
+    path = Path(path)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from cruijff_kit.errors import CkError
-from cruijff_kit.fsutil import atomic_write_bytes, atomic_write_json
+from cruijff_kit.fsutil import atomic_write_bytes, atomic_write_json, existing_ancestor
 from cruijff_kit.paths import default_data_dir
 
 GENERATOR_NAME = "cruijff_kit.generate.bit_sequences"
@@ -162,9 +162,7 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
     """Refuse a directory that cannot be created or written, before any work is done."""
     directory = Path(output_dir).expanduser().absolute()
     fix = "pass a writable directory with --output_dir"
-    nearest = directory
-    while not nearest.exists() and nearest != nearest.parent:
-        nearest = nearest.parent
+    nearest = existing_ancestor(directory)
     if not nearest.is_dir():
         raise CkError("--output_dir", str(output_dir), f"{nearest} exists and is not a directory", fix)
     if not os.access(nearest, os.W_OK | os.X_OK):

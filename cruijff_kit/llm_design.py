@@ -312,7 +312,7 @@ def _create(client: "anthropic.Anthropic", options: LlmOptions, **request: Any):
     except anthropic.AuthenticationError as exc:
         raise _llm_error("ANTHROPIC_API_KEY", "(set)", f"the API rejected the key (HTTP {exc.status_code})",
                          "check ANTHROPIC_API_KEY") from None
-    except anthropic.RateLimitError as exc:
+    except anthropic.RateLimitError:
         raise _llm_error("llm_max_retries", options.max_retries,
                          f"rate-limited by the Anthropic API (HTTP 429) {tries}",
                          "wait and try again, or raise llm_max_retries") from None

@@ -6,12 +6,11 @@ and states, summarize writes Results. Every other byte of the file is left as it
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 from pathlib import Path
 
-from cruijff_kit.fsutil import atomic_write_text
+from cruijff_kit.fsutil import atomic_write_text, locked
 
 
 def _section_span(text: str, heading: str) -> tuple[int, int] | None:
@@ -42,9 +41,7 @@ def replace_section(text: str, heading: str, body: str) -> str:
 def set_section(path: str | os.PathLike, heading: str, body: str) -> None:
     """Rewrite `## heading` of the file at `path` (appending it if absent)."""
     path = Path(path)
-    lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a") as lk:
-        fcntl.flock(lk, fcntl.LOCK_EX)
+    with locked(path):
         text = path.read_text() if path.exists() else ""
         new = replace_section(text, heading, body)
         if new != text:
