@@ -97,6 +97,13 @@ def last_train_metrics(metrics_path: Path, tail_bytes: int = 65536) -> tuple[int
     return None
 
 
+def reported_state(scheduler_state: str, log: Path) -> str:
+    """The scheduler's state, except a FAILED job whose log shows a CUDA out-of-memory error: OOM."""
+    if scheduler_state == "FAILED" and OOM_RE.search("\n".join(log_tail(log, 200))):
+        return "OOM"
+    return scheduler_state
+
+
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES, tail_bytes: int = 65536) -> list[str]:
     try:
         with open(path, "rb") as fh:
@@ -422,8 +429,7 @@ class Monitor:
                            f"no squeue/sacct record for {now - run.first_unknown_at:.0f} s (purged, or never existed)")
         else:
             run.first_unknown_at = None
-        if new_state == "FAILED" and OOM_RE.search("\n".join(log_tail(self.log_path(name, run), 200))):
-            new_state = "OOM"
+        new_state = reported_state(new_state, self.log_path(name, run))
         if new_state == run.state:
             return False
         previous = run.state
@@ -609,6 +615,7 @@ def experiment_status(exp_dir: str | os.PathLike, *, max_local_jobs: int | None 
         for name, run in live.items():
             info = infos[run.job_id]
             if info.state != UNKNOWN:
-                run.state, run.exit_code, run.message = info.state, info.exit_code, info.reason
+                run.state = reported_state(info.state, job_log_path(known[name], run.job_id))
+                run.exit_code, run.message = info.exit_code, info.reason
     rows = job_rows(runs, state)
     return {"experiment_dir": str(exp_dir), "executor": state.executor, "submitted": state.exists(), "runs": rows}

@@ -213,6 +213,22 @@ def test_cuda_oom_is_reported_and_retried_at_half_batch_size(kind, tmp_path):
     assert "CUDA out of memory" in out.getvalue()
 
 
+def test_status_reports_a_cuda_oom_like_the_monitor(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    run_dir = make_run(exp, "big", OOM_BODY.replace("python3", sys.executable))
+    (run_dir / "finetune.yaml").write_text("batch_size: 16\n")
+    assert main(["run", str(exp), "--executor", "local", "--detach", "--poll", "0.2"]) == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        capsys.readouterr()
+        main(["status", str(exp), "--json"])
+        state = json.loads(capsys.readouterr().out)["runs"][0]["state"]
+        if state not in ("PENDING", "RUNNING"):
+            break
+        time.sleep(0.2)
+    assert state == "OOM"
+
+
 def test_detach_then_status_then_resume(tmp_path, capsys, monkeypatch):
     exp = tmp_path / "exp"
     make_run(exp, "a", "sleep 1")
