@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from cruijff_kit.errors import CkError
+from cruijff_kit.inputs import load_yaml_mapping
 from cruijff_kit.fsutil import atomic_write_text
 from cruijff_kit.paths import default_data_dir
 
@@ -241,13 +242,7 @@ def read_settings_file(path: Path, validate_keys: bool = True) -> dict[str, Any]
     """The raw mapping in the settings file ({} when absent). Unknown keys are errors."""
     if not path.exists():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CkError("settings file", str(path), f"not valid YAML ({exc.__class__.__name__})",
-                      "fix it by hand or delete it and use `ck config set`") from None
-    if not isinstance(data, dict):
-        raise CkError("settings file", str(path), "must be a YAML mapping of key: value", "delete it and use `ck config set`")
+    data = load_yaml_mapping(path, "settings file", fix="fix it by hand, or delete it and use `ck config set`")
     if validate_keys:
         for key in data:
             check_key(str(key), where=f"{path}: key")

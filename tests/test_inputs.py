@@ -51,3 +51,17 @@ def test_truncated_json_names_line_and_column(tmp_path):
     assert err.value.field == "dataset" and err.value.value == str(path)
     path.write_text('{"train": []}')
     assert load_json(path, "dataset") == {"train": []}
+
+
+def test_settings_file_that_is_binary_or_has_a_duplicate_key(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    settings = tmp_path / "settings.yaml"
+    monkeypatch.setenv("CK_CONFIG", str(settings))
+    for content in (b"\x89PNG\r\n\x1a\n\x00\x00", b"scratch: /a\nscratch: /b\n"):
+        settings.write_bytes(content)
+        proc = subprocess.run([sys.executable, "-m", "cruijff_kit", "config", "show"], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+        assert "settings file" in proc.stderr
