@@ -527,20 +527,16 @@ def validate_key(name: str, value: Any, written: str | None = None) -> Any:
         raise key_error(name, value, exc, written) from None
 
 
-def check_key(name: Any) -> str:
-    """The canonical key for `name` (aliases mapped), or CkError naming the closest known key."""
+def check_key(name: Any, value: Any = None) -> str:
+    """The canonical key for `name` (aliases mapped), or CkError naming the key, its value and the closest key."""
     text = str(name)
     if text in FIELDS:
         return text
     if text in ALIASES:
         return ALIASES[text]
     close = difflib.get_close_matches(text, list(FIELDS) + list(ALIASES), n=1, cutoff=0.5)
-    return _unknown(text, close[0] if close else None)
-
-
-def _unknown(text: str, close: str | None) -> str:
-    raise CkError(text, "(unknown key)", "not a setup_finetune key",
-                  f"did you mean {close}?" if close else "see `ck keys` for every key")
+    raise CkError(text, value, "not a setup_finetune key",
+                  f"did you mean {close[0]}?" if close else "see `ck keys` for every key")
 
 
 def canonical(setup: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -548,7 +544,7 @@ def canonical(setup: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]
     values: dict[str, Any] = {}
     written: dict[str, str] = {}
     for raw_name, value in setup.items():
-        name = check_key(raw_name)
+        name = check_key(raw_name, value)
         if name in values:
             raise CkError(str(raw_name), value, f"given twice (also as {written[name]})", "keep one of them")
         values[name], written[name] = value, str(raw_name)

@@ -208,7 +208,10 @@ def test_model_may_be_an_absolute_directory(tmp_path, settings):
 def test_unknown_and_duplicated_keys(tmp_path, settings):
     with pytest.raises(CkError) as err:
         sf.render_run({"dataset_label": "d", "stash_adapter_weight": "true"}, tmp_path / "r", settings=settings)
-    assert "did you mean stash_adapter_weights?" in str(err.value) and "''" not in str(err.value)
+    assert str(err.value).startswith("stash_adapter_weight='true': ")  # the value as written, not ''
+    assert "did you mean stash_adapter_weights?" in str(err.value)
+    proc = cli(["--lora_rnak", "4", "--dataset_label", "d"], tmp_path, tmp_path)
+    assert proc.returncode == 2 and "lora_rnak='4': not a setup_finetune key; fix: did you mean lora_rank?" in proc.stderr
     run_dir = tmp_path / "dup"
     run_dir.mkdir()
     (run_dir / "setup_finetune.yaml").write_text("dataset_label: d\nepochs: 2\nepochs: 3\n")

@@ -323,7 +323,7 @@ def render_run(setup: Mapping[str, Any] | str | os.PathLike | None = None, run_d
         data = load_setup_file(run_dir / SETUP_FILE if setup is None else setup)
     from_file, _ = run_config.canonical(data)
     from_flags, _ = run_config.canonical(overrides or {})
-    written = {run_config.check_key(k): k for k in [*data, *(overrides or {})]}
+    written = {run_config.check_key(k): k for k in [*data, *(overrides or {})]}  # the spelling used last
     merged = {written[k]: v for k, v in {**from_file, **from_flags}.items()}
     config = resolve(merged, run_dir, settings)
     files[FINETUNE_YAML] = render_finetune_yaml(config)
@@ -375,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     try:
         if unknown:
-            flag = next((u for u in unknown if u.startswith("--")), unknown[0])
-            run_config.check_key(flag.lstrip("-").split("=", 1)[0])  # raises naming the closest key
+            at = next((i for i, u in enumerate(unknown) if u.startswith("--")), 0)
+            name, _, value = unknown[at].lstrip("-").partition("=")
+            if not value and at + 1 < len(unknown) and not unknown[at + 1].startswith("--"):
+                value = unknown[at + 1]
+            run_config.check_key(name, value or None)  # raises naming the flag, its value and the closest key
             raise CkError("argument", unknown[0], "unexpected", f"flags are --KEY VALUE; see `{COMMAND} --help`")
         meta = {"config_file", "run_dir", "dry_run"}
         overrides = {k: v for k, v in vars(args).items() if k not in meta}
