@@ -494,12 +494,19 @@ def keys_markdown() -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_BOUNDS = (annotated_types.Ge, annotated_types.Gt, annotated_types.Le, annotated_types.Lt)
+
+
 @functools.lru_cache(maxsize=None)
-def _single(name: str) -> type[BaseModel]:
-    """A model of the one field `name` (the same FieldInfo), to validate a key on its own."""
+def _single(name: str, bounded: bool = True) -> type[BaseModel]:
+    """A model of the one field `name` (the same FieldInfo), to validate a key on its own; without
+    `bounded`, its type only (the recipe's check of torchtune's own keys, whose bounds are torchtune's)."""
     field = FIELDS[name]
-    return create_model(f"RunConfig_{name}", __config__=ConfigDict(extra="forbid"),
-                        **{name: (field.annotation, _copy_field(field, PydanticUndefined))})
+    info = _copy_field(field, PydanticUndefined)
+    if not bounded:
+        info.metadata = [m for m in field.metadata if not isinstance(m, _BOUNDS)]
+    return create_model(f"RunConfig_{name}{'' if bounded else '_type'}", __config__=ConfigDict(extra="forbid"),
+                        **{name: (field.annotation, info)})
 
 
 def _copy_field(field: FieldInfo, default: Any, **changes: Any) -> FieldInfo:
@@ -519,10 +526,10 @@ def key_error(name: str, value: Any, exc: ValidationError, written: str | None =
     return CkError(written or name, value, problem, expects(name))
 
 
-def validate_key(name: str, value: Any, written: str | None = None) -> Any:
+def validate_key(name: str, value: Any, written: str | None = None, *, bounded: bool = True) -> Any:
     """The key's value after validation, or CkError naming the key as written and the value as written."""
     try:
-        return getattr(_single(name).model_validate({name: value}), name)
+        return getattr(_single(name, bounded).model_validate({name: value}), name)
     except ValidationError as exc:
         raise key_error(name, value, exc, written) from None
 
@@ -723,7 +730,9 @@ def plan_model(name: str, base: type[BaseModel], fields: Mapping[str, str]) -> t
     return create_model(name, __base__=base, **definitions)
 
 
-# Where each run-contract key lands in finetune.yaml. The recipe checks these with the same model at start-up.
+# Where each run-contract key lands in finetune.yaml. At start-up the recipe checks the cruijff_kit additions
+# (RECIPE_ADDITIONS: ours, and the original template's top-level keys) in full, and torchtune's own keys by type
+# only: their bounds are torchtune's (a hand-written config may train at lr 0, say).
 FINETUNE_PLACES: dict[str, tuple[str, ...]] = {
     "my_wandb_project": ("my_wandb_project",),
     "my_wandb_run_name": ("my_wandb_run_name",),
@@ -747,13 +756,16 @@ FINETUNE_PLACES: dict[str, tuple[str, ...]] = {
     "save_adapter_weights_only": ("save_adapter_weights_only",),
     "epochs_to_save": ("epochs_to_save",),
 }
+RECIPE_ADDITIONS = frozenset({"my_wandb_project", "my_wandb_run_name", "dataset_label", "models_dir",
+                              "run_val_every_n_steps", "batch_size_val", "max_val_batches", "num_threads",
+                              "epochs_to_save"})
 # Top-level finetune.yaml keys of the original template that the renderer keeps (torchtune ignores them).
 FINETUNE_TOP_LEVEL_KEYS = frozenset({"my_wandb_project", "my_wandb_run_name", "input_dir", "models_dir", "dataset_label"})
 
 
 def check_finetune_config(cfg: Any) -> None:
-    """The recipe's start-up check: every run-contract key present in finetune.yaml passes the same
-    field validation as setup_finetune.yaml at scaffold time, with the same CkError."""
+    """The recipe's start-up check: the run-contract keys present in finetune.yaml pass the same field
+    validation as setup_finetune.yaml at scaffold time (torchtune's own keys: their type), with the same CkError."""
     if hasattr(cfg, "_metadata"):  # an OmegaConf DictConfig: plain containers, interpolations left as written
         from omegaconf import OmegaConf
 
@@ -765,4 +777,4 @@ def check_finetune_config(cfg: Any) -> None:
                 break
             node = node[part]
         else:
-            validate_key(name, node)
+            validate_key(name, node, bounded=name in RECIPE_ADDITIONS)
