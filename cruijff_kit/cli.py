@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "status": ("status", "one-shot view of an experiment's jobs"),
     "summarize": ("summarize", "per-run numbers, plots and a PASS/FAIL/INCONCLUSIVE verdict"),
     "sanity-check": ("sanity_check", "design -> scaffold -> run -> summarize in one command"),
+    "keys": ("keys", "list every setup_finetune.yaml key: type, default, bounds, help (--json)"),
     "config": ("config", "show or set settings (scratch dir, models dir, SLURM account, ...)"),
     "log": ("log", "append an entry to an experiment's workflow log"),
     "models": ("models", "build the embedded tiny model"),

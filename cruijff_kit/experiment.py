@@ -16,23 +16,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_text, locked
 from cruijff_kit.markdown_sections import get_section
-from cruijff_kit.settings import (
-    load_settings,
-    normalize_slurm_mem,
-    normalize_slurm_time,
-    normalize_wandb_project,
-    slurm_time_seconds,
-)
+from cruijff_kit.run_config import expects, plan_model
+from cruijff_kit.run_config import FIELDS as RUN_CONFIG_FIELDS
+from cruijff_kit.settings import load_settings, normalize_wandb_project, slurm_time_seconds
 
 SUMMARY_NAME = "experiment_summary.md"
 PLAN_HEADING = "Plan"
 PRESERVED_SECTIONS = ("Run directories", "Jobs", "Results")
-LR_SCHEDULERS = ("get_cosine_schedule_with_warmup",)  # what torchtune 0.6.1 ships
 SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 LEARNABLE_TARGET_ACCURACY = 0.99
 
@@ -92,48 +87,23 @@ class DatasetPlan(_Plan):
         return Path(exp.data_dir) / f"{self.label}{self.ext}"
 
 
-class Hyper(_Plan):
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    lora_rank: int = Field(ge=1)
-    lr: float = Field(gt=0.0, lt=1.0)
-    num_warmup_steps: int = Field(ge=0)
-    lr_scheduler: str = "get_cosine_schedule_with_warmup"
-    log_every_n_steps: int = Field(ge=1)
-    run_val_every_n_steps: int = Field(ge=1)
-    train_on_input: bool
-    system_prompt: str = ""
-    seed: int = 42
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
-    batch_size_val: int | None = Field(default=None, ge=1)
-    max_steps_per_epoch: int | None = Field(default=None, ge=1)
-
-    @field_validator("lr_scheduler")
-    @classmethod
-    def _scheduler(cls, value: str) -> str:
-        if value not in LR_SCHEDULERS:
-            raise ValueError(f"unknown lr_scheduler; torchtune provides {', '.join(LR_SCHEDULERS)}")
-        return value
-
+class _HyperBase(_Plan):
     @property
     def lora_alpha(self) -> int:
         return 2 * self.lora_rank
 
 
-class Compute(_Plan):
-    gpus: int = Field(ge=0, le=16)
-    time: str
-    mem: str
-    cpus: int = Field(default=1, ge=1)
-
-    @field_validator("time", "mem", mode="before")
-    @classmethod
-    def _slurm(cls, value: Any, info: ValidationInfo) -> str:
-        normalize = normalize_slurm_time if info.field_name == "time" else normalize_slurm_mem
-        try:
-            return normalize(value, info.field_name)
-        except CkError as err:
-            raise ValueError(f"{err.problem}; {err.fix}") from None
+# The plan's training and resource blocks are made of the run contract's own fields (cruijff_kit/run_config.py):
+# the same types, bounds and help as setup_finetune.yaml. "required": the plan must give it; "default": the
+# run contract's default; "optional": may be null, then the renderer's default applies.
+Hyper = plan_model("Hyper", _HyperBase, {
+    "epochs": "required", "batch_size": "required", "lora_rank": "required", "lr": "required",
+    "num_warmup_steps": "required", "lr_scheduler": "default", "log_every_n_steps": "required",
+    "run_val_every_n_steps": "required", "train_on_input": "required", "system_prompt": "default",
+    "seed": "default", "gradient_accumulation_steps": "default", "batch_size_val": "optional",
+    "max_steps_per_epoch": "default",
+})
+Compute = plan_model("Compute", _Plan, {"gpus": "required", "time": "required", "mem": "required", "cpus": "default"})
 
 
 class Expected(_Plan):
@@ -350,14 +320,6 @@ _FIXES = {
     "val_size": "a whole number between 0 and N",
     "p": "a probability between 0 and 1",
     "bit_parity": "true (parity labels) or false (Bernoulli labels)",
-    "epochs": "a whole number >= 1", "batch_size": "a whole number >= 1, e.g. 16",
-    "lora_rank": "a whole number >= 1, e.g. 8", "lr": "a positive number below 1, e.g. 0.0003",
-    "num_warmup_steps": "a whole number >= 0", "log_every_n_steps": "a whole number >= 1",
-    "run_val_every_n_steps": "a whole number >= 1", "train_on_input": "true or false",
-    "gradient_accumulation_steps": "a whole number >= 1",
-    "batch_size_val": "null or a whole number >= 1", "max_steps_per_epoch": "null or a whole number >= 1",
-    "gpus": "a whole number >= 0 (0 = CPU)", "time": "HH:MM:SS or D-HH:MM:SS, quoted",
-    "mem": "e.g. 32G", "cpus": "a whole number >= 1",
     "floor_nats": "a number of nats >= 0", "target_accuracy": "null or a number between 0 and 1",
     "runs": "a list with at least one run",
     "ext": ".json",
@@ -377,6 +339,13 @@ def field_path(loc: tuple, prefix: str = "") -> str:
     return out
 
 
+def _fix(leaf: str) -> str | None:
+    """The plan's own fields' fixes; run-contract keys (hyper, compute) say what the run contract says."""
+    if leaf in _FIXES:
+        return _FIXES[leaf]
+    return expects(leaf) if leaf in RUN_CONFIG_FIELDS else None
+
+
 def plan_error(exc: ValidationError, where: str = "plan") -> CkError:
     errors = exc.errors()
     first = errors[0]
@@ -389,9 +358,9 @@ def plan_error(exc: ValidationError, where: str = "plan") -> CkError:
         fix = "remove it or fix its spelling"
     elif first["type"] == "missing":
         msg = "missing"
-        fix = f"add it: {_FIXES.get(leaf, 'see the other runs for an example')}"
+        fix = f"add it: {_fix(leaf) or 'see the other runs for an example'}"
     else:
-        fix = _FIXES.get(leaf, f"edit the ```yaml block under ## Plan in {SUMMARY_NAME}")
+        fix = _fix(leaf) or f"edit the ```yaml block under ## Plan in {SUMMARY_NAME}"
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     value = first.get("input") if first["type"] != "missing" else None
     if isinstance(value, (dict, list)):

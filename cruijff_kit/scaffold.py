@@ -104,10 +104,13 @@ def setup_for_run(exp: Experiment, run: RunPlan, settings: Any) -> dict[str, Any
                       "give a JSON file with top-level train and validation lists")
     hyper, compute = run.hyper, run.compute
     venv, conda_env = settings_environment(settings)
+    # outputs: <output_dir_base>/<experiment_name>/ck-out-<run>, the seed's ck-outputs/<experiment>/ck-out-<run>
+    output_root = Path(exp.output_root)
+    grouped = output_root.name == exp.name
     setup: dict[str, Any] = {
         "my_wandb_project": exp.wandb_project,
         "my_wandb_run_name": run.name,
-        "experiment_name": exp.name,
+        "experiment_name": exp.name if grouped else "",
         "dataset_label": data_file.stem,
         "dataset_ext": data_file.suffix,
         "input_dir_base": str(data_file.parent),
@@ -128,7 +131,7 @@ def setup_for_run(exp: Experiment, run: RunPlan, settings: Any) -> dict[str, Any
         "log_every_n_steps": hyper.log_every_n_steps,
         "run_val_every_n_steps": hyper.run_val_every_n_steps,
         "save_adapter_weights_only": True,
-        "output_dir_base": exp.output_root,
+        "output_dir_base": str(output_root.parent if grouped else output_root),
         "custom_recipe": DEFAULT_RECIPE,
         "time": compute.time,
         "gpus": compute.gpus,

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from cruijff_kit.errors import CkError
 from cruijff_kit.settings import load_settings
+from cruijff_kit import run_config
 from cruijff_kit.tools.torchtune import setup_finetune as sf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,8 @@ def loaded(result) -> dict:
 
 
 def test_seed_readme_example_renders(tmp_path, settings):
-    run_dir = tmp_path / "sanity_check_bit_sequences_2025-10-28" / "parity_run"
+    """The seed README's layout: <scratch>/ck-sanity-checks/<experiment>/<run>, outputs <scratch>/ck-outputs/<experiment>/."""
+    run_dir = tmp_path / "scratch" / "ck-sanity-checks" / "sanity_check_bit_sequences_2025-10-28" / "parity_run"
     run_dir.mkdir(parents=True)
     (run_dir / "setup_finetune.yaml").write_text(SEED_EXAMPLE)
     result = sf.render_run(None, run_dir, settings=settings)
@@ -89,6 +91,13 @@ def test_seed_readme_example_renders(tmp_path, settings):
     assert f"#SBATCH --output={out}/slurm-%j.out" in slurm and f"#SBATCH --error={out}/slurm-%j.out" in slurm
     assert os.access(run_dir / "finetune.slurm", os.X_OK)
     assert "token" not in (run_dir / "finetune.yaml").read_text().replace("tokenizer", "").replace("_tokens", "")
+    # the original template's top-level keys
+    assert (cfg["my_wandb_project"], cfg["my_wandb_run_name"], cfg["dataset_label"]) == \
+        ("bit_sequences_2025-10-28", "parity_run", "parity")
+    assert cfg["input_dir"] == str(tmp_path / "data") and cfg["models_dir"] == str(tmp_path / "scratch" / "models")
+    # the original's defaults for what the example leaves out
+    assert cfg["optimizer"]["lr"] == pytest.approx(1e-4) and cfg["seed"] == 1234 and cfg["tokenizer"]["max_seq_len"] == 2048
+    assert "#SBATCH --time=00:15:00" in slurm and "#SBATCH --mem=8G" in slurm
 
 
 def test_reference_contract_keys_are_all_rendered(tmp_path, settings):
@@ -346,17 +355,17 @@ def test_command_line_by_path_and_module(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cruijff_kit.tools.torchtune.setup_finetune", "--help"],
                           cwd=run_dir, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    for key in sf.KEYS:
-        assert f"--{key.name}" in proc.stdout
+    for name in run_config.FIELDS:
+        assert f"--{name}" in proc.stdout
     text = " ".join(proc.stdout.split())
     assert "(default: 'instruct_dataset')" in text and "(default: required)" in text
 
 
-def test_keys_doc_is_generated_from_the_table():
+def test_keys_doc_is_generated_from_the_run_contract():
     doc = KEYS_DOC.read_text()
-    assert doc == sf.keys_markdown(), f"regenerate: python -m cruijff_kit.tools.torchtune.setup_finetune --keys_markdown > {KEYS_DOC}"
-    for key in sf.KEYS:
-        assert f"| `{key.name}` |" in doc
+    assert doc == run_config.keys_markdown(), f"regenerate: ck keys --markdown > {KEYS_DOC}"
+    for name in run_config.FIELDS:
+        assert f"| `{name}` |" in doc
 
 
 @pytest.mark.slurm

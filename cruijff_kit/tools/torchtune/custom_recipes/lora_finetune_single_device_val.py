@@ -69,6 +69,7 @@ from tqdm import tqdm
 
 from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_text
+from cruijff_kit.run_config import FINETUNE_TOP_LEVEL_KEYS, check_finetune_config
 from cruijff_kit.tools.torchtune.custom_recipes.answer_metrics import (
     AnswerMeter,
     answer_results,
@@ -105,7 +106,7 @@ STOCK_KEYS = frozenset({
 VAL_KEYS = frozenset({
     "dataset_val", "run_val_every_n_steps", "batch_size_val", "max_val_batches", "epochs_to_save",
     "num_threads", "metrics_log",
-})
+}) | FINETUNE_TOP_LEVEL_KEYS
 DEFAULT_BATCH_SIZE_VAL = 64
 # where torchtune's checkpointers put the recipe state and each saved epoch, under output_dir
 RECIPE_STATE = Path(RECIPE_STATE_DIRNAME) / "recipe_state.pt"
@@ -114,20 +115,14 @@ EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
 def check_config(cfg: DictConfig) -> None:
     """Reject unknown top-level keys and malformed validation settings before any heavy work."""
+    check_finetune_config(cfg)  # the run contract (cruijff_kit/run_config.py): the same errors as at scaffold time
     unknown = sorted(set(cfg.keys()) - STOCK_KEYS - VAL_KEYS)
     if unknown:
         raise CkError("finetune.yaml", unknown, "unknown config keys",
                       "remove them or fix their spelling (see docs/finetune_reference.yaml)")
-    every = cfg.get("run_val_every_n_steps", 0) or 0
-    if not isinstance(every, int) or every < 0:
-        raise CkError("run_val_every_n_steps", every, "must be an integer >= 0", "use 0 to turn validation off")
-    if every > 0 and cfg.get("dataset_val") is None:
+    if (cfg.get("run_val_every_n_steps") or 0) > 0 and cfg.get("dataset_val") is None:
         raise CkError("dataset_val", None, "missing while run_val_every_n_steps > 0",
                       "add a dataset_val section or set run_val_every_n_steps: 0")
-    for key in ("batch_size_val", "max_val_batches", "num_threads"):
-        value = cfg.get(key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise CkError(key, value, "must be a positive integer or null", f"set {key} to e.g. 1")
     parse_epochs_to_save(cfg.get("epochs_to_save"), cfg.epochs)
 
 
