@@ -17,7 +17,7 @@ import pytest
 
 from cruijff_kit.cli import main as ck_main
 from cruijff_kit.errors import CkError
-from cruijff_kit.generate import (
+from sanity_checks.bit_sequences.generator import (
     MAX_BIT_LENGTH,
     generate_bit_sequences,
     parse_bool,

@@ -2,7 +2,7 @@
 
 Library:
 
-    result = render_run({"dataset_label": "parity", "epochs": 3, ...}, run_dir)   # or a yaml path / None
+    result = render_run({"dataset_label": "my_data", "epochs": 3, ...}, run_dir)   # or a yaml path / None
     result.output_dir, result.files["finetune.slurm"], result.changed
 
 Command line, from a run directory (the seed README's `python ../../tools/torchtune/setup_finetune.py`):
@@ -144,7 +144,7 @@ def parse_optional_line(value: Any, key: str) -> str | None:
 def parse_name(value: Any, key: str) -> str:
     text = parse_line(value, key)
     if not text or "/" in text or text in (".", ".."):
-        raise CkError(key, value, "must be a non-empty name without '/'", f"e.g. {key}: parity_run")
+        raise CkError(key, value, "must be a non-empty name without '/'", f"e.g. {key}: my_run")
     return text
 
 
@@ -323,7 +323,7 @@ KEYS: tuple[Key, ...] = (
         "groups outputs: the default output_dir_base is <scratch>/ck-outputs/<experiment_name>", _M),
     # -- dataset
     Key("dataset_label", "str", parse_name, REQUIRED,
-        "dataset file name without extension (parity for parity.json)", _D),
+        "dataset file name without extension (my_data for my_data.json)", _D),
     Key("dataset_ext", "str", choice(DATASET_EXTS), ".json",
         "dataset file extension; the file holds top-level 'train' and 'validation' lists", _D),
     Key("input_dir_base", "path", parse_path, _from_settings("data_dir"),
