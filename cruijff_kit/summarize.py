@@ -270,6 +270,20 @@ def loss_margin(n: int, p_hat: float, predictions: Sequence[dict] = ()) -> float
     return 2.0 * s / math.sqrt(max(n, 1)) + EPS_NATS
 
 
+def chance_pass_probability(n: int, target: float, chance: float) -> float:
+    """P(a model that guesses, right with probability `chance`, reaches accuracy >= target on n rows)."""
+    need = math.ceil(target * n - 1e-9)
+    return sum(math.comb(n, k) * chance ** k * (1 - chance) ** (n - k) for k in range(need, n + 1))
+
+
+def rows_for_chance_below(target: float, chance: float, limit: float) -> int:
+    """The fewest validation rows at which guessing passes with probability <= limit."""
+    n = 1
+    while chance_pass_probability(n, target, chance) > limit:
+        n += 1
+    return n
+
+
 def accuracy_margin(n: int, accuracy: float) -> float:
     a = min(max(accuracy, 0.0), 1.0)
     return 2.0 * math.sqrt(a * (1 - a) / max(n, 1)) + EPS_ACC

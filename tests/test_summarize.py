@@ -501,3 +501,36 @@ def test_job_state_from_the_monitor_explains_or_defers_the_verdict(tmp_path):
     verdicts = {r.name: (r.verdict, r.reason) for r in result.runs}
     assert verdicts["parity_run"][0] == FAIL and "job local-1 FAILED, exit 1" in verdicts["parity_run"][1]
     assert verdicts["probabilistic_run"][0] == INCONCLUSIVE and "still RUNNING" in verdicts["probabilistic_run"][1]
+
+
+# --------------------------------------------------------------------------- verdicts that state their power
+
+
+@pytest.mark.parametrize("val_size, verdict", [(16, INCONCLUSIVE), (200, PASS)])
+def test_a_bernoulli_pass_on_too_few_rows_is_inconclusive(val_size, verdict):
+    """16 rows at p = 0.3 carry ~5 of the rarer label: the band is too wide for a PASS to mean anything."""
+    data = make_dataset(labels="bernoulli", p=0.3, n_train=3000, val_size=val_size, bit_length=12, seed=3)
+    p_train = data_facts(data).train_label_freq
+    preds = make_predictions(data, lambda s: p_train)
+    summary = judge_run("probabilistic_run", make_metrics(final=final_of(preds), n_val=val_size), preds, data,
+                        bernoulli(0.3))
+    assert summary.verdict == verdict, summary.reason
+    if verdict == INCONCLUSIVE:
+        assert "too small a validation set" in summary.reason and "val_size >= 67" in summary.reason
+    # the plot's target accuracy is the verdict's: the best accuracy for the observed label share
+    p_hat = data_facts(data).val_label_freq
+    assert summary.target_accuracy == pytest.approx(max(p_hat, 1 - p_hat))
+
+
+def test_design_warns_when_the_validation_set_cannot_tell(tmp_path):
+    from cruijff_kit.design import build_plan, verify
+    from cruijff_kit.settings import load_settings
+
+    settings = load_settings({"scratch": str(tmp_path)}, env={}, path=tmp_path / "s.yaml")
+    exp = build_plan("bit_sequences", "embedded", settings=settings, name="small",
+                     extra_runs=[{"name": "tiny_bern", "bit_parity": False, "p": 0.3, "val_size": 16, "N": 2000}])
+    checks = {c.description: c for c in verify(exp) if c.action == "VERIFY_DATASET"}
+    small = checks["dataset for tiny_bern"]
+    assert small.warning and "val_size >= 67" in small.explanation
+    assert not checks["dataset for probabilistic_run"].warning  # the preset's 64 rows at p = 0.5 are enough
+    assert not checks["dataset for parity_run"].warning

@@ -58,6 +58,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         _add_check_parser(targets, check)
 
 
+def presets_text(check) -> str:
+    """Every preset's model and runs, with the sizes the check reports for them (`Check.describe`)."""
+    lines = ["presets:"]
+    for name, preset in check.presets.items():
+        hyper = preset["hyper"]
+        lines.append(f"  {name}: model {preset['model']}, {hyper['epochs']} epochs, batch {hyper['batch_size']}, "
+                     f"{preset['compute']['gpus']} GPU(s)")
+        for run_name, args in preset["runs"].items():
+            cells = ", ".join(f"{k} {v}" for k, v in check.describe(check.Args(**args)).items())
+            lines.append(f"    {run_name}: {cells}")
+    return "\n".join(lines)
+
+
 def _add_check_parser(targets, check) -> None:
     dashed = check.name.replace("_", "-")
     presets = list(check.presets)
@@ -68,7 +81,7 @@ def _add_check_parser(targets, check) -> None:
             f"Design the {check.name} sanity check from a preset ({', '.join(presets)}; default "
             f"{check.default_preset}). {check.title}. Variable flags below change every run"
             + ("; --add-run adds runs" if check.add_run_help else "") + ". Asks for confirmation on a terminal unless --yes.", 88),
-        epilog="examples:\n"
+        epilog=presets_text(check) + "\n\nexamples:\n"
         f"  ck design {dashed} --preset {check.default_preset} --yes\n"
         f"  ck design {dashed} --name my_check --scratch /scratch/gpfs/$USER --yes",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -84,6 +84,32 @@ def labels_name(args: BitSequenceArgs) -> str:
     return f"Bernoulli({args.p:g})"
 
 
+# The power rule (README "Verdicts that state their power"): what the planned validation set can resolve.
+MAX_CHANCE_PASS = 0.01   # learnable runs: guessing (accuracy 1/2) may reach the target with at most this probability
+MIN_RARER_LABELS = 20    # floor runs: validation rows expected to carry the rarer label (for noisy parity: flipped ones)
+
+
+def power(args: BitSequenceArgs, n: int | None = None) -> tuple[bool, str, int]:
+    """(enough, what the verdict can resolve with n validation rows, the val_size that would do)."""
+    from cruijff_kit.summarize import chance_pass_probability, ideal_log_loss_std, rows_for_chance_below
+
+    n = args.val_size if n is None else n
+    if args.bit_parity and args.p == 0.0:
+        chance = chance_pass_probability(n, LEARNABLE_TARGET_ACCURACY, 0.5)
+        need = rows_for_chance_below(LEARNABLE_TARGET_ACCURACY, 0.5, MAX_CHANCE_PASS)
+        text = (f"accuracy >= {LEARNABLE_TARGET_ACCURACY} on {n} strings; guessing (1/2) reaches it with "
+                f"probability {chance:.2g}")
+        return chance <= MAX_CHANCE_PASS, text, need
+    rare = min(args.p, 1.0 - args.p)
+    need = math.ceil(MIN_RARER_LABELS / rare) if rare > 0 else 1
+    share_se = math.sqrt(args.p * (1 - args.p) / max(n, 1))
+    band = 2 * ideal_log_loss_std(args.p) / math.sqrt(max(n, 1)) + 0.01
+    text = (f"floor H({args.p:g}) = {binary_entropy_nats(args.p):.4f} nats +- {band:.3f} (2 s.e. + 0.01) on {n} rows; "
+            f"the validation label {'noise' if args.bit_parity else 'share'} is known to +- {2 * share_se:.3f}; "
+            f"about {n * rare:.0f} rows carry the rarer outcome")
+    return rare == 0 or n * rare >= MIN_RARER_LABELS, text, need
+
+
 OPTIONS: list[Option] = [
     ("--bit-length", "bit_length", {"type": int, "metavar": "L", "help": "sequence length in every run (keep 2^L >> val size)"}),
     ("--N", "N", {"type": int, "metavar": "N", "help": "examples per dataset, train + validation"}),
@@ -198,11 +224,21 @@ class BitSequences(Check):
         if train_left < hyper.batch_size:
             return [Finding("fail", dedup, "train and validation share no string, so almost no training data would "
                                            "remain; raise bit_length or lower val_size")]
+        findings = []
         if dropped >= 0.25:
-            return [Finding("warning", dedup, "keep 2^bit_length >> val_size")]
-        labels = "parity" if args.bit_parity else "bernoulli"
-        return [Finding("ok", dedup, f"{labels} labels, {args.N - args.val_size} train / {args.val_size} "
-                                     "validation rows drawn")]
+            findings.append(Finding("warning", dedup, "keep 2^bit_length >> val_size"))
+        else:
+            labels = "parity" if args.bit_parity else "bernoulli"
+            findings.append(Finding("ok", dedup, f"{labels} labels, {args.N - args.val_size} train / "
+                                                 f"{args.val_size} validation rows drawn"))
+        enough, resolves, need = power(args)
+        if enough:
+            findings.append(Finding("ok", f"the verdict resolves {resolves}", "validation set large enough"))
+        else:
+            findings.append(Finding("warning", f"the verdict can hardly fail: {resolves}",
+                                    f"use val_size >= {need} (--val-size {need}); a PASS on this set is "
+                                    "reported INCONCLUSIVE"))
+        return findings
 
     def estimate_bytes(self, args: BitSequenceArgs) -> int:
         return args.N * (args.bit_length + 60)

@@ -119,7 +119,21 @@ def judge(summary: RunSummary, evidence: Evidence) -> bool:
         _judge_bernoulli(summary, args, evidence.predictions, facts, evidence.metrics)
     else:
         _judge_noisy_parity(summary, args, evidence.predictions, facts, evidence.metrics)
+    _state_power(summary, args)
     return True
+
+
+def _state_power(summary: RunSummary, args) -> None:
+    """A PASS on a validation set too small to tell a working pipeline from a broken one is INCONCLUSIVE."""
+    from sanity_checks.bit_sequences.check import power
+
+    if summary.verdict != PASS or not summary.judged_examples:
+        return
+    enough, resolves, need = power(args, summary.judged_examples)
+    if not enough:
+        summary.verdict = "INCONCLUSIVE"
+        summary.reason = (f"passes, but on too small a validation set to tell: {resolves}; "
+                          f"use val_size >= {need} ({summary.reason})")
 
 
 def _judge_learnable(summary: RunSummary, evidence: Evidence, facts) -> None:
@@ -162,6 +176,7 @@ def _judge_bernoulli(summary, exp, predictions, facts, metrics) -> None:
         p_hat, p_train = float(exp.p), None
         summary.warnings.append(f"validation label frequency unknown: using the declared p={p_hat}")
     low, high, margin = floor_window(summary, p_hat, p_train, predictions, n)
+    summary.target_accuracy = max(p_hat, 1 - p_hat)  # what the plot draws: the numbers of this verdict
     loss = summary.final_val_answer_loss
     summary.judged_loss, summary.judged_examples = loss, n
     summary.judged_accuracy = summary.final_val_answer_acc
