@@ -58,7 +58,7 @@ def baseline_generate(bit_length, N, val_size, bit_parity, p, seed, path):
 
 
 def worker(implementation: str, bit_length: int, N: int, val_size: int, path: str) -> None:
-    from cruijff_kit.generate import write_dataset  # imported before the clock starts, like numpy
+    from sanity_checks.bit_sequences.generator import write_dataset  # imported before the clock starts, like numpy
 
     start = time.perf_counter()
     if implementation == "baseline":

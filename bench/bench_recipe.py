@@ -29,9 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from cruijff_kit.generate import generate_bit_sequences  # noqa: E402
+from sanity_checks.bit_sequences.generator import generate_bit_sequences  # noqa: E402
 from cruijff_kit.models.tiny import build_tiny_model  # noqa: E402
-from cruijff_kit.presets import EMBEDDED  # noqa: E402
+from sanity_checks.bit_sequences.presets import EMBEDDED  # noqa: E402
 from cruijff_kit.tools.torchtune.custom_recipes import lora_finetune_single_device_val as ours  # noqa: E402
 
 

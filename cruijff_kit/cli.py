@@ -15,7 +15,7 @@ from cruijff_kit.errors import CkError
 
 # verb -> (module under cruijff_kit.commands, one-line help). Order is the workflow's.
 VERBS: dict[str, tuple[str, str]] = {
-    "generate": ("generate", "generate a sanity-check dataset (bit-sequences)"),
+    "generate": ("generate", "generate a sanity check's dataset (ck generate --help lists them)"),
     "design": ("design", "plan an experiment: write experiment_summary.md and design-experiment.log"),
     "scaffold": ("scaffold", "create one directory per run with setup_finetune.yaml, finetune.yaml, finetune.slurm"),
     "run": ("run", "submit the scaffolded runs (SLURM or local) and monitor them until they end"),
@@ -48,7 +48,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         prog="ck",
         description="cruijff_kit: plan, scaffold, launch, monitor and judge fine-tuning sanity checks.",
         epilog="Workflow: ck generate -> ck design -> ck scaffold -> ck run -> ck summarize "
-        "(or all at once: ck sanity-check bit_sequences). `ck VERB --help` for each verb.",
+        "(or all at once: ck sanity-check CHECK). `ck VERB --help` for each verb.",
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name, (_, help_text) in VERBS.items():

@@ -1,15 +1,15 @@
 """Step 1 of the workflow: build a plan, verify what it needs, write experiment_summary.md.
 
-Every designer (the bit-sequences presets here, an LLM designer elsewhere) ends in
-`write_experiment`, which checks the model, the datasets and the disk, logs each check to
-design-experiment.log, and renders the summary. Nothing is written when a check fails.
+Every designer (a check's presets here, an LLM designer elsewhere) ends in `write_experiment`,
+which checks the model, the datasets and the disk, logs each check to design-experiment.log, and
+renders the summary. Nothing is written when a check fails. What is specific to a sanity check
+(its presets, variables, data and expectations) comes from its Check object (cruijff_kit.checks).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import difflib
-import math
 import shutil
 import sys
 from dataclasses import dataclass
@@ -18,32 +18,25 @@ from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from cruijff_kit import explog, presets
+from cruijff_kit import explog
+from cruijff_kit.checks import Check as SanityCheck
+from cruijff_kit.checks import get_check
 from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import existing_ancestor
 from cruijff_kit.experiment import (
     SUMMARY_NAME,
-    BitSequenceArgs,
     Compute,
     Experiment,
     Hyper,
     RunPlan,
-    expected_for,
     plan_error,
 )
 from cruijff_kit.models.registry import MODELS
 from cruijff_kit.settings import Settings, load_settings
 
-GENERATOR_OVERRIDES = ("bit_length", "N", "val_size", "data_seed")
-LABEL_OVERRIDES = {"p": "Bernoulli probability of label 1 in the probabilistic runs",
-                   "noise": "label-flip probability in the parity runs"}
 HYPER_KEYS = tuple(Hyper.model_fields)
 COMPUTE_KEYS = tuple(Compute.model_fields)
-OVERRIDE_KEYS = GENERATOR_OVERRIDES + tuple(LABEL_OVERRIDES) + HYPER_KEYS + COMPUTE_KEYS + ("model", "purpose")
-LABEL_KINDS = ("parity", "bernoulli")
-
-# The seed README's file names, kept when the seed preset is used unchanged.
-SEED_LABELS = {"parity_run": "parity", "probabilistic_run": "prob_p05"}
+CORE_OVERRIDE_KEYS = HYPER_KEYS + COMPUTE_KEYS + ("model", "purpose")
 
 # Rough on-disk sizes for the disk check when the model directory is not there yet.
 MODEL_BYTES = {"Llama-3.2-1B-Instruct": 2_500_000_000, "ck-tiny-llama": 10_000_000}
@@ -51,52 +44,29 @@ ADAPTER_FRACTION = 0.03     # LoRA adapter checkpoint per epoch, relative to the
 LOG_BYTES_PER_RUN = 20_000_000
 
 
-def default_name(today: _dt.date | None = None) -> str:
-    return f"sanity_check_bit_sequences_{(today or _dt.date.today()).isoformat()}"
+def _as_check(check: str | SanityCheck) -> SanityCheck:
+    return check if isinstance(check, SanityCheck) else get_check(check)
+
+
+def default_name(check: str | SanityCheck, today: _dt.date | None = None) -> str:
+    return f"sanity_check_{_as_check(check).name}_{(today or _dt.date.today()).isoformat()}"
 
 
 def experiment_dir_for(scratch: Path, name: str, kind: str = "sanity_check") -> Path:
     return Path(scratch) / ("ck-sanity-checks" if kind == "sanity_check" else "ck-experiments") / name
 
 
-def dataset_label(args: BitSequenceArgs) -> str:
-    """A file name that encodes every generator argument, so different data never share a file."""
-    kind = "parity" if args.bit_parity else "bernoulli"
-    p = "" if args.bit_parity and args.p == 0 else "_p" + f"{args.p:g}".replace(".", "")
-    return f"{kind}{p}_L{args.bit_length}_N{args.N}_V{args.val_size}_s{args.seed}"
+def override_keys(check: SanityCheck) -> tuple[str, ...]:
+    return tuple(dest for _, dest, _ in check.options()) + CORE_OVERRIDE_KEYS
 
 
-def run_dataset_label(preset: str, run_name: object, args: BitSequenceArgs) -> str:
-    """`dataset_label(args)`, except that a seed-preset run left unchanged keeps the seed's file name."""
-    if preset == "seed" and run_name in SEED_LABELS and args == BitSequenceArgs(**presets.SEED["runs"][run_name]):
-        return SEED_LABELS[run_name]
-    return dataset_label(args)
-
-
-def parse_add_run(spec: str) -> dict[str, Any]:
-    """`NAME:parity|bernoulli:BIT_LENGTH:P[:N[:VAL_SIZE]]` -> dict for `extra_runs`."""
-    parts = spec.split(":")
-    fix = "write NAME:parity|bernoulli:BIT_LENGTH:P[:N[:VAL_SIZE]], e.g. noisy_run:parity:8:0.1"
-    if not 4 <= len(parts) <= 6:
-        raise CkError("--add-run", spec, "needs 4 to 6 fields separated by ':'", fix)
-    name, labels, *numbers = parts
-    if labels not in LABEL_KINDS:
-        raise CkError("--add-run", spec, f"labels {labels!r} must be parity or bernoulli", fix)
-    run: dict[str, Any] = {"name": name, "labels": labels}
-    for key, text, cast in zip(("bit_length", "p", "N", "val_size"), numbers, (int, float, int, int)):
-        try:
-            run[key] = cast(text)
-        except ValueError:
-            raise CkError("--add-run", spec, f"{key} {text!r} is not a number", fix) from None
-    return run
-
-
-def _check_override_keys(overrides: dict[str, Any]) -> None:
+def _check_override_keys(check: SanityCheck, overrides: dict[str, Any]) -> None:
+    keys = override_keys(check)
     for key in overrides:
-        if key not in OVERRIDE_KEYS:
-            close = difflib.get_close_matches(key, OVERRIDE_KEYS, n=1, cutoff=0.5)
+        if key not in keys:
+            close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
             raise CkError("override", key, "unknown design variable",
-                          f"did you mean {close[0]}?" if close else f"use one of {', '.join(OVERRIDE_KEYS)}")
+                          f"did you mean {close[0]}?" if close else f"use one of {', '.join(keys)}")
 
 
 def _validated(model_cls, data: dict[str, Any], where: str):
@@ -106,19 +76,17 @@ def _validated(model_cls, data: dict[str, Any], where: str):
         raise plan_error(exc, where) from None
 
 
-def preset_run_defaults(preset: str, run_name: object = None, bit_parity: object = None) -> dict[str, Any]:
-    """Generator arguments a run takes from the preset when it does not give them: those of the
-    preset run of the same name, else of the first preset run with the same kind of labels, else
-    of the first preset run. Every designer (flags, --add-run, --describe) uses this one rule."""
-    runs = presets.PRESETS[preset]["runs"]
-    chosen = runs.get(run_name) if isinstance(run_name, str) else None
-    if chosen is None:
-        chosen = next((a for a in runs.values() if a["bit_parity"] == bit_parity), next(iter(runs.values())))
-    return {k: chosen[k] for k in ("bit_length", "N", "val_size")} | {"seed": chosen.get("seed", 42)}
+def planned_dataset(check: SanityCheck, preset: str, run_name: str, args: dict[str, Any], where: str) -> tuple[dict, dict]:
+    """A run's `dataset` and `expected` plan entries from its generator arguments (validated)."""
+    generator = _validated(check.Args, args, where)
+    dataset = {"label": check.dataset_label(generator, preset, run_name), "ext": ".json", "check": check.name,
+               "generator": generator.model_dump(mode="json")}
+    return dataset, check.expected(generator).model_dump()
 
 
-def build_bit_sequences_plan(
-    preset: str = "embedded",
+def build_plan(
+    check: str | SanityCheck,
+    preset: str | None = None,
     *,
     settings: Settings,
     name: str | None = None,
@@ -126,14 +94,18 @@ def build_bit_sequences_plan(
     overrides: dict | None = None,
     today: _dt.date | None = None,
 ) -> Experiment:
-    """The plan of a preset, with overrides applied to every run and extra runs appended."""
-    if preset not in presets.PRESETS:
-        raise CkError("preset", preset, "unknown preset", f"use one of {', '.join(presets.PRESETS)}")
-    base = presets.PRESETS[preset]
+    """The plan of a check's preset, with overrides applied to every run and extra runs appended.
+    An extra run is {"name": ..., **generator arguments}; what it leaves out comes from the preset."""
+    check = _as_check(check)
+    preset = preset or check.default_preset
+    if preset not in check.presets:
+        raise CkError("preset", preset, "unknown preset", f"use one of {', '.join(check.presets)}")
+    base = check.presets[preset]
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    _check_override_keys(overrides)
+    _check_override_keys(check, overrides)
+    options = {k: v for k, v in overrides.items() if k not in CORE_OVERRIDE_KEYS}
     today = today or _dt.date.today()
-    name = name or default_name(today)
+    name = name or default_name(check, today)
 
     hyper_data = dict(base["hyper"]) | {k: overrides[k] for k in HYPER_KEYS if k in overrides}
     compute_data = dict(base["compute"])
@@ -149,53 +121,30 @@ def build_bit_sequences_plan(
 
     run_args: list[tuple[str, dict[str, Any]]] = []
     for run_name, args in base["runs"].items():
-        args = dict(args)
-        for key in ("bit_length", "N", "val_size"):
-            if key in overrides:
-                args[key] = overrides[key]
-        if "data_seed" in overrides:
-            args["seed"] = overrides["data_seed"]
-        if args["bit_parity"] and "noise" in overrides:
-            args["p"] = overrides["noise"]
-        if not args["bit_parity"] and "p" in overrides:
-            args["p"] = overrides["p"]
-        run_args.append((run_name, args))
+        run_args.append((run_name, check.apply_options(run_name, dict(args), options)))
     for extra in extra_runs or []:
-        extra = dict(extra)
-        unknown = set(extra) - {"name", "labels", "bit_length", "p", "N", "val_size", "seed"}
-        if unknown or "name" not in extra or extra.get("labels") not in LABEL_KINDS:
-            raise CkError("extra run", extra, "needs name, labels (parity|bernoulli), bit_length, p; optional N, val_size, seed",
-                          "e.g. {'name': 'noisy_run', 'labels': 'parity', 'bit_length': 8, 'p': 0.1}")
-        like = preset_run_defaults(preset, extra["name"], extra["labels"] == "parity")
-        args = {
-            "bit_length": extra.get("bit_length", overrides.get("bit_length", like["bit_length"])),
-            "N": extra.get("N", overrides.get("N", like["N"])),
-            "val_size": extra.get("val_size", overrides.get("val_size", like["val_size"])),
-            "bit_parity": extra["labels"] == "parity",
-            "p": extra.get("p", 0.0),
-            "seed": extra.get("seed", overrides.get("data_seed", like["seed"])),
-        }
-        run_args.append((str(extra["name"]), args))
+        if not isinstance(extra, dict) or not isinstance(extra.get("name"), str):
+            raise CkError("extra run", extra, "needs a name and generator arguments",
+                          f"e.g. {{'name': 'run_2', ...}} with fields of {check.Args.__name__}")
+        given = {k: v for k, v in extra.items() if k != "name"}
+        args = check.apply_options(extra["name"], check.run_defaults(preset, extra["name"], given), options) | given
+        run_args.append((extra["name"], args))
 
     runs = []
     for i, (run_name, args) in enumerate(run_args):
-        generator = _validated(BitSequenceArgs, args, f"runs[{i}] ({run_name}).dataset.generator")
+        dataset, expected = planned_dataset(check, preset, run_name, args, f"runs[{i}] ({run_name}).dataset.generator")
         runs.append({
             "name": run_name,
-            "dataset": {"label": run_dataset_label(preset, run_name, generator), "ext": ".json",
-                        "generator": generator.model_dump()},
+            "dataset": dataset,
             "model": model,
             "hyper": hyper.model_dump(),
             "compute": compute.model_dump(),
-            "expected": expected_for(generator).model_dump(),
+            "expected": expected,
         })
 
     experiment_dir = experiment_dir_for(settings.scratch, name)
-    purpose = overrides.get("purpose") or (
-        "Check that LoRA fine-tuning learns a deterministic pattern (bit parity: answer loss falls to ~0) "
-        "and does not invent one in random labels (Bernoulli: answer loss plateaus at the entropy floor H(p)). "
-        f"Preset `{preset}`, model {model}."
-    )
+    purpose = overrides.get("purpose") or check.purpose.format(preset=preset, model=model) or (
+        f"The {check.name} sanity check, preset `{preset}`, model {model}.")
     return Experiment.from_plan_dict({
         "name": name,
         "kind": "sanity_check",
@@ -255,64 +204,47 @@ def verify_model(exp: Experiment, model: str) -> Check:
                  f"use one of {', '.join(MODELS)} or put a model directory under {exp.models_dir}", ok=False)
 
 
-def expected_dedup_loss(gen: BitSequenceArgs) -> float:
-    """Expected fraction of training rows dropped because their string also occurs in validation.
-
-    The generator draws strings uniformly with replacement; a given string is among the val_size
-    validation draws with probability 1 - (1 - 2^-L)^val_size.
-    """
-    return -math.expm1(gen.val_size * math.log1p(-(2.0 ** -gen.bit_length)))
-
-
 def verify_dataset(exp: Experiment, run: RunPlan) -> Check:
     path = run.dataset.dataset_path(exp)
-    gen = run.dataset.generator
+    args = run.dataset.args()
     what = f"dataset for {run.name}"
     command = f"test -f {path}"
-    if gen is None:
+    if args is None:
         if path.is_file():
             return Check("VERIFY_DATASET", what, command, f"exists ({_human(path.stat().st_size)})", "an existing file, used as is")
         return Check("VERIFY_DATASET", what, command, f"FAILED: {path} does not exist",
                      "the plan names an existing file that is not there; fix dataset.path or give generator arguments",
                      ok=False)
-    dropped = expected_dedup_loss(gen)
-    train_left = (gen.N - gen.val_size) * (1.0 - dropped)
-    dedup = (f"2^{gen.bit_length} = {2 ** gen.bit_length} strings vs val_size {gen.val_size}: de-duplication "
-             f"drops about {dropped:.0%} of training rows (~{train_left:.0f} left)")
-    if train_left < run.hyper.batch_size:
-        return Check("VERIFY_DATASET", what, command, f"FAILED: {dedup}",
-                     "train and validation share no string, so almost no training data would remain; "
-                     "raise bit_length or lower val_size", ok=False)
-    warning = dropped >= 0.25
-    note = f" WARNING: {dedup}; keep 2^bit_length >> val_size." if warning else f" {dedup}."
+    check = run.dataset.check_obj()
+    findings = check.verify(args, run.hyper)
+    failed = next((f for f in findings if f.level == "fail"), None)
+    if failed is not None:
+        return Check("VERIFY_DATASET", what, command, f"FAILED: {failed.result}", failed.explanation, ok=False)
+    warning = any(f.level == "warning" for f in findings)
+    note = "".join(f" WARNING: {f.result}; {f.explanation}." if f.level == "warning" else f" {f.result}."
+                   for f in findings)
     if path.is_file():
-        from cruijff_kit.generate import provenance_matches  # numpy: only when a dataset is there
-
-        try:
-            same = provenance_matches(path, gen.model_dump())
-        except CkError:
-            same = False
-        if same:
+        if check.dataset_ready(args, path):
             return Check("VERIFY_DATASET", what, command, f"exists ({_human(path.stat().st_size)}), generated from these arguments",
                          "reused as is" + note, warning=warning)
         return Check("VERIFY_DATASET", what, command,
                      f"WARNING: {path} exists but its provenance record does not match the plan's generator arguments",
                      "ck scaffold's GENERATE_DATA decides whether to regenerate it; delete the file to force it" + note,
                      warning=True)
-    labels = "parity" if gen.bit_parity else "bernoulli"
+    ok_notes = " ".join(f.explanation for f in findings if f.level == "ok")
     return Check("VERIFY_DATASET", what,
-                 f"planned generator run: --bit_length {gen.bit_length} --N {gen.N} --p {gen.p:g} "
-                 f"--bit_parity {gen.bit_parity} --val_size {gen.val_size} --seed {gen.seed} --output {path}",
+                 f"planned generator run: {check.generate_command(args, path)}",
                  f"will be generated at {path} by `ck scaffold` (GENERATE_DATA)",
-                 f"{labels} labels, {gen.N - gen.val_size} train / {gen.val_size} validation rows drawn.{note}",
+                 (ok_notes + "." if ok_notes else f"{check.name} data.") + note,
                  warning=warning)
 
 
 def estimate_disk_bytes(exp: Experiment) -> int:
     need = 0
-    for path, gen in {r.dataset.dataset_path(exp): r.dataset.generator for r in exp.runs}.items():
-        if gen is not None and not path.exists():
-            need += gen.N * (gen.bit_length + 60)
+    for path, run in {r.dataset.dataset_path(exp): r for r in exp.runs}.items():
+        args = run.dataset.args()
+        if args is not None and not path.exists():
+            need += run.dataset.check_obj().estimate_bytes(args)
     for model in {r.model for r in exp.runs}:
         model_dir = Path(exp.models_dir) / model
         size = _dir_bytes(model_dir) if model_dir.is_dir() else MODEL_BYTES.get(model, 2_500_000_000)
@@ -351,13 +283,14 @@ def verify(exp: Experiment) -> list[Check]:
 
 
 def runs_table(exp: Experiment) -> str:
-    rows = [("run", "labels", "bit_length", "p", "N", "val", "model", "epochs", "floor", "target acc")]
-    for r in exp.runs:
-        g = r.dataset.generator
-        labels = "-" if g is None else ("parity" if g.bit_parity else "bernoulli")
+    from cruijff_kit.experiment import run_columns
+
+    columns = [run_columns(r) for r in exp.runs]
+    headers = list(dict.fromkeys(k for c in columns for k in c))
+    rows = [("run", *headers, "model", "epochs", "floor", "target acc")]
+    for r, cols in zip(exp.runs, columns):
         acc = "-" if r.expected.target_accuracy is None else f"{r.expected.target_accuracy:.2f}"
-        rows.append((r.name, labels, str(g.bit_length) if g else "-", f"{g.p:g}" if g else "-",
-                     str(g.N) if g else "-", str(g.val_size) if g else "-", r.model, str(r.hyper.epochs),
+        rows.append((r.name, *(cols.get(h, "-") for h in headers), r.model, str(r.hyper.epochs),
                      f"{r.expected.floor_nats:.4f}", acc))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
@@ -433,8 +366,9 @@ def _ask_on_tty(exp: Experiment, checks: list[Check]) -> bool:
     return answer in ("", "y", "yes")
 
 
-def design_bit_sequences(
-    preset: str = "embedded",
+def design_check(
+    check: str | SanityCheck,
+    preset: str | None = None,
     *,
     settings: Settings | None = None,
     name: str | None = None,
@@ -445,10 +379,12 @@ def design_bit_sequences(
     command_line: str = "",
     force: bool = False,
 ) -> Path:
-    """Design the bit-sequences sanity check from a preset; returns the experiment directory."""
+    """Design a sanity check from one of its presets; returns the experiment directory."""
+    check = _as_check(check)
+    preset = preset or check.default_preset
     settings = settings or load_settings()
-    exp = build_bit_sequences_plan(preset, settings=settings, name=name, extra_runs=extra_runs, overrides=overrides)
+    exp = build_plan(check, preset, settings=settings, name=name, extra_runs=extra_runs, overrides=overrides)
     ask = interactive and not yes and sys.stdin.isatty()
-    command = command_line or f"ck design bit-sequences --preset {preset}" + (f" --name {name}" if name else "")
+    command = command_line or f"ck design {check.name} --preset {preset}" + (f" --name {name}" if name else "")
     return write_experiment(exp, command, force=force, confirm=_ask_on_tty if ask else None,
                             explanation=f"preset {preset}; overrides {overrides or {}}; extra runs {extra_runs or []}")

@@ -1,11 +1,12 @@
-"""Design an experiment from a sentence: `ck design --describe "compare parity and Bernoulli p=0.3 ..."`.
+"""Design an experiment from a sentence: `ck design --describe "..." [--check NAME]`.
 
 The Anthropic Messages API is asked, through the `anthropic` SDK, to call one tool whose input
 schema is generated from the plan model (`Experiment.model_json_schema()`, minus the fields the
-toolkit fills in). The proposal is validated with the plan model itself; on errors the model gets
+toolkit fills in, with the check's generator-arguments model as `dataset.generator`); the check's
+own words (`Check.prompt_words`) tell the model what the task and the arguments are. The proposal is validated with the plan model itself; on errors the model gets
 them back as an `is_error` tool_result and may correct the plan, for at most `llm_max_rounds`
 rounds. The accepted plan is shown as the runs table, confirmed, and written through
-`design.write_experiment` — the same path as `ck design bit-sequences`.
+`design.write_experiment` — the same path as `ck design CHECK`.
 
 Every failure (no key, no network, refusal, rate limits or server errors after the SDK's retries,
 a timeout, a plan still invalid after the last round, a declined confirmation) is one CkError
@@ -31,11 +32,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import ValidationError
 
-from cruijff_kit import explog, presets
-from cruijff_kit.design import (Check, build_bit_sequences_plan, preset_run_defaults, print_plan, run_dataset_label,
-                               write_experiment, written_message)
+from cruijff_kit import explog
+from cruijff_kit.checks import Check as SanityCheck
+from cruijff_kit.checks import get_check, registered
+from cruijff_kit.design import Check, build_plan, planned_dataset, print_plan, write_experiment, written_message
 from cruijff_kit.errors import CkError
-from cruijff_kit.experiment import BitSequenceArgs, Experiment, expected_for, field_path
+from cruijff_kit.experiment import Experiment, field_path
 from cruijff_kit.settings import KEYS as SETTING_KEYS
 from cruijff_kit.settings import Settings, load_settings
 
@@ -43,21 +45,23 @@ if TYPE_CHECKING:
     import anthropic
 
 TOOL_NAME = "propose_experiment_plan"
-FLAG_WAY = ("or design it with flags: "
-            "`ck design bit-sequences --bit-length L --p P --add-run NAME:parity|bernoulli:L:P ...` (see --help)")
+def flag_way() -> str:
+    """How to design without the LLM, naming the registered checks."""
+    names = [n.replace("_", "-") for n in registered()] or ["CHECK"]
+    return ("or design it with flags: " + " or ".join(f"`ck design {n} ...`" for n in names)
+            + " (see `ck design CHECK --help`)")
 
 # Plan fields the toolkit fills in (paths, dates, derived values): not part of the tool's schema.
 TOOLKIT_FIELDS: dict[str, tuple[str, ...]] = {
     "Experiment": ("name", "kind", "date", "experiment_dir", "output_root", "models_dir", "data_dir", "wandb_project"),
     "RunPlan": ("expected",),
-    "DatasetPlan": ("label", "ext", "path"),
+    "DatasetPlan": ("label", "ext", "check", "path"),
 }
 # Plan fields the proposal may leave out: the preset's value is used. "*" = every field.
 PRESET_FILLED: dict[str, tuple[str, ...]] = {
     "RunPlan": ("model", "hyper", "compute"),
     "Hyper": ("*",),
     "Compute": ("*",),
-    "BitSequenceArgs": ("bit_length", "N", "val_size", "seed"),
 }
 # Optional in the plan model but needed in a proposal.
 PROPOSAL_REQUIRED: dict[str, tuple[str, ...]] = {"DatasetPlan": ("generator",)}
@@ -104,16 +108,37 @@ def _referenced_defs(node: Any, found: set[str]) -> None:
             _referenced_defs(value, found)
 
 
-def proposal_schema() -> dict[str, Any]:
-    """`Experiment.model_json_schema()` less TOOLKIT_FIELDS, with PRESET_FILLED made optional."""
+def default_check(name: str | None = None) -> SanityCheck:
+    """The check named, or the only registered one."""
+    if name is not None:
+        return get_check(name, "--check")
+    checks = list(registered().values())
+    if len(checks) != 1:
+        raise CkError("--check", "(not given)", f"{len(checks)} checks are registered ({', '.join(registered())})",
+                      "name the one to design with --check NAME")
+    return checks[0]
+
+
+def proposal_schema(check: SanityCheck | None = None, preset: str | None = None) -> dict[str, Any]:
+    """`Experiment.model_json_schema()` less TOOLKIT_FIELDS, with PRESET_FILLED made optional, and the
+    check's generator-arguments model as `dataset.generator` (what the preset supplies made optional)."""
+    check = check or default_check()
+    preset = preset or check.default_preset
     schema = copy.deepcopy(Experiment.model_json_schema())
-    defs = schema.get("$defs", {})
+    defs = schema.setdefault("$defs", {})
+    args_schema = copy.deepcopy(check.Args.model_json_schema())
+    args_title = args_schema.get("title", check.Args.__name__)
+    defs.update(args_schema.pop("$defs", {}))
+    defs[args_title] = args_schema
+    defs["DatasetPlan"]["properties"]["generator"] = {"$ref": f"#/$defs/{args_title}"}
+    preset_filled = dict(PRESET_FILLED)
+    preset_filled[args_title] = tuple(check.run_defaults(preset, None, {}))
     objects = {"Experiment": schema, **defs}
     for title, obj in objects.items():
         props = obj.get("properties", {})
         for key in TOOLKIT_FIELDS.get(title, ()):
             props.pop(key, None)
-        optional = PRESET_FILLED.get(title, ())
+        optional = preset_filled.get(title, ())
         required = [k for k in obj.get("required", []) if k in props and "*" not in optional and k not in optional]
         required += [k for k in PROPOSAL_REQUIRED.get(title, ()) if k not in required]
         if required:
@@ -136,37 +161,33 @@ def proposal_schema() -> dict[str, Any]:
         used |= more
     schema["$defs"] = {name: d for name, d in defs.items() if name in used}
     schema["title"] = "ExperimentProposal"
-    schema["description"] = ("The runs of a bit-sequences fine-tuning experiment and its purpose. Directories, "
+    schema["description"] = (f"The runs of a {check.name} fine-tuning experiment and its purpose. Directories, "
                              "dates, dataset file names and expected results are filled in by cruijff_kit.")
     return schema
 
 
-def tool_definition() -> dict[str, Any]:
+def tool_definition(check: SanityCheck | None = None, preset: str | None = None) -> dict[str, Any]:
     return {
         "name": TOOL_NAME,
         "description": "Propose the complete experiment plan (every run, and the purpose). Call it once per "
                        "turn with the whole plan; if it comes back with errors, call it again with the "
                        "corrected whole plan.",
-        "input_schema": proposal_schema(),
+        "input_schema": proposal_schema(check, preset),
     }
 
 
-def system_prompt(preset: str, skeleton: Experiment) -> str:
+def system_prompt(preset: str, skeleton: Experiment, check: SanityCheck | None = None) -> str:
+    check = check or default_check()
     run = skeleton.runs[0]
-    defaults = {"model": run.model, "hyper": run.hyper.model_dump(), "compute": run.compute.model_dump(),
-                "dataset.generator (parity runs)": preset_run_defaults(preset, None, True),
-                "dataset.generator (Bernoulli runs)": preset_run_defaults(preset, None, False)}
+    defaults = {"model": run.model, "hyper": run.hyper.model_dump(), "compute": run.compute.model_dump()}
+    for run_name in check.presets[preset]["runs"]:
+        defaults[f"dataset.generator (like run {run_name})"] = check.run_defaults(preset, run_name, {})
     return (
-        "You design fine-tuning sanity checks for cruijff_kit. The task is binary classification of bit strings: "
-        "each dataset is generated from `dataset.generator` arguments. bit_parity=true: the label is the parity of "
-        "the bits (learnable), flipped with probability p (p=0 for clean parity). bit_parity=false: the label is 1 "
-        "with probability p, independent of the input (Bernoulli; loss floor H(p)). N counts train + validation "
-        "examples; keep 2^bit_length much larger than val_size, because strings in validation are removed from "
-        "training.\n"
+        f"You design fine-tuning sanity checks for cruijff_kit, check `{check.name}`. {check.prompt_words}\n"
         f"Turn the user's request into runs by calling {TOOL_NAME} with the complete plan: one run per combination "
-        "the request asks for, each with a unique name of letters, digits and underscores that says what it varies "
-        "(e.g. parity_L8, bernoulli_p03_L12), and a one-paragraph purpose. Leave out every field the request does "
-        "not ask to change: the preset supplies it. Never invent paths.\n"
+        "the request asks for, each with a unique name of letters, digits and underscores that says what it varies, "
+        "and a one-paragraph purpose. Leave out every field the request does not ask to change: the preset "
+        "supplies it. Never invent paths.\n"
         f"Preset `{preset}` values used for fields you leave out:\n{json.dumps(defaults, indent=1)}"
     )
 
@@ -191,11 +212,12 @@ def _problems(exc: ValidationError, prefix: str = "") -> list[str]:
     return out
 
 
-def plan_from_proposal(proposal: Any, skeleton: Experiment, preset: str) -> Experiment:
+def plan_from_proposal(proposal: Any, skeleton: Experiment, preset: str, check: SanityCheck | None = None) -> Experiment:
     """Fill the toolkit's fields in from `skeleton` (the preset's plan) and validate with the plan model.
 
     Raises ProposalInvalid listing every problem, each as `path: message (got value)`.
     """
+    check = check or default_check()
     if not isinstance(proposal, dict):
         raise ProposalInvalid([f"(plan): must be an object with purpose and runs (got {type(proposal).__name__})"])
     problems = [f"{key}: set by cruijff_kit, leave it out" for key in TOOLKIT_FIELDS["Experiment"] if key in proposal]
@@ -214,25 +236,28 @@ def plan_from_proposal(proposal: Any, skeleton: Experiment, preset: str) -> Expe
                          for key in TOOLKIT_FIELDS["RunPlan"] if key in run]
             dataset = run.get("dataset")
             if not isinstance(dataset, dict) or not isinstance(dataset.get("generator"), dict):
-                problems.append(f"{where}.dataset.generator: missing; give at least bit_parity and p")
+                required = [k for k, f in check.Args.model_fields.items() if f.is_required()
+                            and k not in check.run_defaults(preset, None, {})]
+                problems.append(f"{where}.dataset.generator: missing; give at least {', '.join(required) or 'an empty object'}")
                 continue
             problems += [f"{where}.dataset.{key}: set by cruijff_kit, leave it out"
                          for key in TOOLKIT_FIELDS["DatasetPlan"] if key in dataset]
             try:
                 # what a proposed run leaves out: the same rule as `--add-run`
-                defaults = preset_run_defaults(preset, run.get("name"), dataset["generator"].get("bit_parity"))
-                generator = BitSequenceArgs.model_validate(defaults | dataset["generator"])
+                defaults = check.run_defaults(preset, run.get("name"), dataset["generator"])
+                generator = check.Args.model_validate(defaults | dataset["generator"])
             except ValidationError as exc:
                 problems += _problems(exc, f"{where}.dataset.generator")
                 continue
             rest = {k: v for k, v in dataset.items() if k != "generator" and k not in TOOLKIT_FIELDS["DatasetPlan"]}
-            run["dataset"] = {"label": run_dataset_label(preset, run.get("name"), generator), "ext": ".json",
-                              "generator": generator.model_dump(), **rest}
+            planned, expected = planned_dataset(check, preset, str(run.get("name")), generator.model_dump(),
+                                                f"{where}.dataset.generator")
+            run["dataset"] = planned | rest
             run.setdefault("model", base_run.model)
             for part, base in (("hyper", base_run.hyper), ("compute", base_run.compute)):
                 given = run.get(part, {})
                 run[part] = base.model_dump() | given if isinstance(given, dict) else given
-            run["expected"] = expected_for(generator).model_dump()
+            run["expected"] = expected
             built_runs.append(run)
     if problems:
         raise ProposalInvalid(problems)
@@ -279,7 +304,7 @@ def _redact(text: object) -> str:
 
 
 def _llm_error(field_name: str, value: object, problem: str, fix: str = "") -> CkError:
-    return CkError(field_name, _redact(value), _redact(problem), f"{fix}; {FLAG_WAY}" if fix else FLAG_WAY)
+    return CkError(field_name, _redact(value), _redact(problem), f"{fix}; {flag_way()}" if fix else flag_way())
 
 
 def _make_client(options: LlmOptions) -> "anthropic.Anthropic":
@@ -338,19 +363,22 @@ def propose_plan(
     request_text: str,
     *,
     settings: Settings,
-    preset: str = "embedded",
+    preset: str | None = None,
     name: str | None = None,
     options: LlmOptions | None = None,
     client: "anthropic.Anthropic | None" = None,
     today: _dt.date | None = None,
+    check: SanityCheck | str | None = None,
 ) -> LlmDesign:
     """Ask the model for a plan and validate it, re-asking with the errors for up to max_rounds rounds."""
+    check = check if isinstance(check, SanityCheck) else default_check(check)
+    preset = preset or check.default_preset
     request_text = request_text.strip()
     if not request_text:
-        raise CkError("--describe", request_text, "empty description",
-                      'say what to compare, e.g. --describe "parity vs Bernoulli p=0.3 at bit lengths 8 and 12"')
+        example = getattr(check, "describe_example", "") or "what to vary across runs"
+        raise CkError("--describe", request_text, "empty description", f'say what to compare, e.g. --describe "{example}"')
     options = options or LlmOptions.from_settings(settings)
-    skeleton = build_bit_sequences_plan(preset, settings=settings, name=name, today=today)
+    skeleton = build_plan(check, preset, settings=settings, name=name, today=today)
     client = client or _make_client(options)
 
     log = [PendingEntry("LLM_REQUEST", request_text,
@@ -360,7 +388,7 @@ def propose_plan(
                         explanation=f"tool {TOOL_NAME} forced; its input schema is the plan model's JSON schema less "
                                     f"the fields cruijff_kit fills in; preset {preset} supplies left-out values")]
     messages: list[dict[str, Any]] = [{"role": "user", "content": request_text}]
-    request = {"system": system_prompt(preset, skeleton), "tools": [tool_definition()],
+    request = {"system": system_prompt(preset, skeleton, check), "tools": [tool_definition(check, preset)],
                "tool_choice": {"type": "tool", "name": TOOL_NAME}}
     last_problems: list[str] = []
     for round_no in range(1, options.max_rounds + 1):
@@ -380,7 +408,7 @@ def propose_plan(
                              f"{response.model} answered without a plan (stop_reason {response.stop_reason})"
                              + (f": {said!r}" if said else ""), "rephrase the description")
         try:
-            experiment = plan_from_proposal(mine[0].input, skeleton, preset)
+            experiment = plan_from_proposal(mine[0].input, skeleton, preset, check)
         except ProposalInvalid as exc:
             last_problems = exc.problems
             log.append(PendingEntry("LLM_VALIDATE", f"round {round_no} of {options.max_rounds}: invalid proposal",
@@ -411,7 +439,7 @@ def design_from_description(
     request_text: str,
     *,
     settings: Settings | None = None,
-    preset: str = "embedded",
+    preset: str | None = None,
     name: str | None = None,
     options: LlmOptions | None = None,
     yes: bool = False,
@@ -419,6 +447,7 @@ def design_from_description(
     command_line: str = "",
     force: bool = False,
     out=None,
+    check: SanityCheck | str | None = None,
 ) -> Path:
     """Propose, show, confirm and write a plan. Returns the experiment directory.
 
@@ -426,7 +455,7 @@ def design_from_description(
     """
     out = out or sys.stdout
     settings = settings or load_settings()
-    design = propose_plan(request_text, settings=settings, preset=preset, name=name, options=options)
+    design = propose_plan(request_text, settings=settings, preset=preset, name=name, options=options, check=check)
     command = command_line or shlex.join(["ck", "design", "--describe", request_text])
 
     def confirm(exp: Experiment, checks: list[Check]) -> bool:
@@ -446,7 +475,7 @@ def design_from_description(
         design.log.append(PendingEntry("LLM_DECISION", f"accepted the plan of {design.model_id}",
                                        result=f"{how}; {len(exp.runs)} runs after {design.rounds} round(s)",
                                        explanation="written through design.write_experiment, "
-                                                   "like ck design bit-sequences"))
+                                                   "like ck design CHECK"))
         # The last gate before write_experiment writes: the LLM entries go first in the log.
         exp_dir = Path(exp.experiment_dir)
         for entry in design.log:
@@ -461,7 +490,7 @@ def design_from_description(
 # ---------------------------------------------------------------- `ck design --describe`
 
 
-# Flags of `ck design bit-sequences` that --describe shares: (flag, dest, help).
+# Flags of `ck design CHECK` that --describe shares: (flag, dest, help).
 DESCRIBE_SETTING_FLAGS = (
     ("--scratch", "scratch", "scratch root (setting scratch)"),
     ("--models-dir", "models_dir", "model directories (setting models_dir)"),
@@ -473,19 +502,23 @@ DESCRIBE_SETTING_FLAGS = (
 def add_describe_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `ck design --describe TEXT` (on the `design` parser, beside its targets).
 
-    Defaults are SUPPRESS so these never shadow the same-named options of `ck design bit-sequences`.
+    Defaults are SUPPRESS so these never shadow the same-named options of `ck design CHECK`.
     """
     group = parser.add_argument_group(
         "natural-language design (needs ANTHROPIC_API_KEY; the model is the setting llm_model)",
-        'ck design --describe "compare parity and Bernoulli p=0.3 at bit lengths 8 and 12" [--yes]')
+        'ck design --describe "what the runs should compare" [--check NAME] [--yes]')
     group.add_argument("--describe", metavar="TEXT", default=None,
                        help="describe the experiment in words ('-' reads it from stdin); an LLM proposes the runs, "
-                            "which are validated, shown and written like `ck design bit-sequences`")
+                            "which are validated, shown and written like `ck design CHECK`")
     hidden = argparse.SUPPRESS
-    group.add_argument("--preset", choices=list(presets.PRESETS), default=hidden,
-                       help="with --describe: sizes for what the description leaves open (default embedded)")
+    group.add_argument("--check", dest="describe_check", metavar="NAME", default=hidden,
+                       help=f"with --describe: the sanity check to design ({', '.join(registered())}; "
+                            "default: the only one registered)")
+    group.add_argument("--preset", metavar="PRESET", default=hidden,
+                       help="with --describe: the check's preset for what the description leaves open "
+                            "(default: the check's default)")
     group.add_argument("--name", default=hidden,
-                       help="with --describe: experiment name (default sanity_check_bit_sequences_DATE)")
+                       help="with --describe: experiment name (default sanity_check_<check>_DATE)")
     group.add_argument("--yes", "-y", action="store_true", default=hidden,
                        help="with --describe: do not ask for confirmation")
     group.add_argument("--force", action="store_true", default=hidden, help="with --describe: replace an existing plan")
@@ -504,7 +537,7 @@ def _read_description(value: str) -> str:
 def run_describe(args: argparse.Namespace) -> int:
     if getattr(args, "target", None):
         raise CkError("--describe", args.describe, f"cannot be combined with the target {args.target}",
-                      "use either `ck design --describe TEXT` or `ck design bit-sequences ...`")
+                      "use either `ck design --describe TEXT` or `ck design CHECK ...`")
     yes, force = bool(getattr(args, "yes", False)), bool(getattr(args, "force", False))
     from_stdin = args.describe == "-"
     if not yes and (from_stdin or not sys.stdin.isatty()):  # decided before any token is spent
@@ -514,14 +547,18 @@ def run_describe(args: argparse.Namespace) -> int:
     settings = load_settings({dest: getattr(args, dest, None) for _, dest, _ in DESCRIBE_SETTING_FLAGS})
 
     words = ["ck", "design", "--describe", text.strip()]
-    for flag, dest in [("--preset", "preset"), ("--name", "name")] + [f[:2] for f in DESCRIBE_SETTING_FLAGS]:
+    for flag, dest in [("--check", "describe_check"), ("--preset", "preset"), ("--name", "name")] + [f[:2] for f in DESCRIBE_SETTING_FLAGS]:
         if getattr(args, dest, None) is not None:
             words += [flag, str(getattr(args, dest))]
     words += [flag for flag, on in (("--yes", yes), ("--force", force)) if on]
 
+    check = default_check(getattr(args, "describe_check", None))
+    preset = getattr(args, "preset", None) or check.default_preset
+    if preset not in check.presets:
+        raise CkError("--preset", preset, f"not a preset of the {check.name} check", f"use one of {', '.join(check.presets)}")
     exp_dir = design_from_description(
-        text, settings=settings, preset=getattr(args, "preset", "embedded"), name=getattr(args, "name", None),
-        yes=yes, ask=input, command_line=shlex.join(words), force=force,
+        text, settings=settings, preset=preset, name=getattr(args, "name", None),
+        yes=yes, ask=input, command_line=shlex.join(words), force=force, check=check,
     )
     print("\n" + written_message(exp_dir))
     return 0

@@ -10,7 +10,7 @@ Defaults come in two kinds. A static default is the field's own. A default that 
 settings, the run directory or other keys is *derived*: the field carries a `derived` text (what
 `--help` and the docs say) and `resolve()` computes it, in field order, before the model validates.
 
-    config = resolve({"dataset_label": "parity", "epochs": 3}, run_dir)   # -> RunConfig, or CkError
+    config = resolve({"dataset_label": "my_data", "epochs": 3}, run_dir)   # -> RunConfig, or CkError
     validate_key("epochs", "ten")     # CkError: epochs='ten': not a whole number; fix: a whole number >= 1, e.g. 1
 
 Errors are CkError(key as written, value as written, problem, fix: a value that would pass), exit 2.
@@ -280,7 +280,7 @@ class RunConfig(BaseModel):
                                  example="bit_sequences_2025-10-28",
                                  derived="settings wandb_project (`ck config set wandb_project ...`)")
     my_wandb_run_name: Name = key(help="run name: W&B run name, SLURM job name and the output folder ck-out-<name>",
-                                  group=_N, example="parity_run", derived="the run directory's name")
+                                  group=_N, example="my_run", derived="the run directory's name")
     experiment_name: GroupName = key(
         help="groups outputs: the run writes to <output_dir_base>/<experiment_name>/ck-out-<my_wandb_run_name> "
              "('' = no grouping: <output_dir_base>/ck-out-<my_wandb_run_name>)", group=_N,
@@ -288,8 +288,8 @@ class RunConfig(BaseModel):
         derived="the experiment directory's name when the run directory sits in the scratch layout "
                 "(<scratch>/ck-sanity-checks/<experiment>/<run>), else '' (no grouping)")
     # -- dataset
-    dataset_label: Name = key(help="dataset file name without extension (parity for parity.json)", group=_D,
-                              example="parity")
+    dataset_label: Name = key(help="dataset file name without extension (my_data for my_data.json)", group=_D,
+                              example="my_data")
     dataset_ext: _one_of(".json") = key(".json", help="dataset file extension; the file holds top-level 'train' and "
                                         "'validation' lists", group=_D, example=".json")
     input_dir_base: PathStr = key(help="directory holding the dataset file", group=_D, example="/data/bit_sequences",

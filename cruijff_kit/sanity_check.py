@@ -1,8 +1,8 @@
-"""`ck sanity-check bit_sequences`: design -> scaffold -> run -> summarize, in one command.
+"""`ck sanity-check CHECK`: design -> scaffold -> run -> summarize, in one command, for any registered check.
 
-The preset is `embedded` (the tiny built-in model on this machine's CPU) unless the settings name
-a cluster (executor slurm) and the real model is present under models_dir, in which case it is the
-seed's original check. Each invocation gets a fresh experiment directory: today's default name, or
+The preset is the check's default (for the built-in check: the tiny built-in model on this
+machine's CPU) unless the executor is slurm and the check has a cluster preset whose model is
+present under models_dir. Each invocation gets a fresh experiment directory: today's default name, or
 the first of `<name>_2`, `<name>_3`, ... not yet used; an explicit `exp_name` is used as given.
 Exit status 0 only when every run's verdict is PASS.
 """
@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from cruijff_kit import presets
+from cruijff_kit.checks import Check, get_check
 from cruijff_kit.errors import CkError
 
-SANITY_CHECKS = ("bit_sequences",)
 STEPS = 4
 # A local job's state is a file read, so polling often costs nothing and saves seconds at the end;
 # squeue is shared with everyone on the cluster.
@@ -26,21 +25,20 @@ SLURM_POLL_SECONDS = 10.0
 
 
 def normalize_check_name(name: str) -> str:
-    key = name.replace("-", "_")
-    if key not in SANITY_CHECKS:
-        raise CkError("sanity check", name, "unknown sanity check", f"use one of {', '.join(SANITY_CHECKS)}")
-    return key
+    """The registered check's name for `name` (- and _ are the same)."""
+    return get_check(name, "sanity check").name
 
 
-def real_model_present(models_dir: str | Path, model: str = presets.SEED["model"]) -> bool:
+def real_model_present(models_dir: str | Path, model: str) -> bool:
     return (Path(models_dir) / model / "config.json").is_file()
 
 
-def choose_preset(settings: Any, executor: str) -> str:
-    """`seed` on a cluster that has the real model, `embedded` everywhere else."""
-    if executor == "slurm" and real_model_present(settings.models_dir):
-        return "seed"
-    return "embedded"
+def choose_preset(check: Check, settings: Any, executor: str) -> str:
+    """The check's cluster preset on SLURM when its model is present, its default preset everywhere else."""
+    cluster = check.cluster_preset
+    if executor == "slurm" and cluster and real_model_present(settings.models_dir, check.presets[cluster]["model"]):
+        return cluster
+    return check.default_preset
 
 
 def fresh_experiment_name(scratch: str | Path, base: str) -> str:
@@ -77,7 +75,7 @@ class _Progress:
 
 
 def run_sanity_check(
-    name: str = "bit_sequences",
+    name: str,
     *,
     settings: Any = None,
     executor: str | None = None,
@@ -93,23 +91,23 @@ def run_sanity_check(
     `settings` defaults to `load_settings()` with `scratch` and `executor` as flags; `executor`
     overrides the settings' executor. `run_experiment` defaults to cruijff_kit.monitor's.
     """
-    from cruijff_kit.design import default_name, design_bit_sequences, experiment_dir_for
+    from cruijff_kit.design import default_name, design_check, experiment_dir_for
     from cruijff_kit.scaffold import scaffold_experiment
     from cruijff_kit.settings import load_settings
     from cruijff_kit.summarize import summarize_experiment, verdict_table
 
     out = out or sys.stdout
-    check = normalize_check_name(name)
+    check = get_check(name, "sanity check")
     if settings is None:
         settings = load_settings({"scratch": scratch, "executor": executor})
     elif scratch is not None:
         raise CkError("scratch", str(scratch), "given together with settings", "put scratch in the settings")
     executor = executor or settings.executor
-    preset = preset or choose_preset(settings, executor)
-    if preset not in presets.PRESETS:
-        raise CkError("--preset", preset, "unknown preset", f"use one of {', '.join(presets.PRESETS)}")
+    preset = preset or choose_preset(check, settings, executor)
+    if preset not in check.presets:
+        raise CkError("--preset", preset, "unknown preset", f"use one of {', '.join(check.presets)}")
     name_given = exp_name is not None
-    exp_name = exp_name or fresh_experiment_name(settings.scratch, default_name())
+    exp_name = exp_name or fresh_experiment_name(settings.scratch, default_name(check))
     existing = experiment_dir_for(settings.scratch, exp_name)
     if name_given and existing.exists():
         raise CkError("--name", exp_name, f"{existing} already exists",
@@ -120,12 +118,12 @@ def run_sanity_check(
         from cruijff_kit.monitor import run_experiment
 
     progress = _Progress(out)
-    print(f"sanity check {check}: preset {preset}, model {presets.PRESETS[preset]['model']}, executor {executor}, "
+    print(f"sanity check {check.name}: preset {preset}, model {check.presets[preset]['model']}, executor {executor}, "
           f"scratch {settings.scratch}", file=out, flush=True)
 
     progress.begin(1, f"design {exp_name}" + ("" if name_given else " (fresh name)"))
-    command = f"ck sanity-check {check} --preset {preset} --executor {executor}" + (f" --name {exp_name}" if name_given else "")
-    exp_dir = design_bit_sequences(preset, settings=settings, name=exp_name, yes=True, command_line=command)
+    command = f"ck sanity-check {check.name} --preset {preset} --executor {executor}" + (f" --name {exp_name}" if name_given else "")
+    exp_dir = design_check(check, preset, settings=settings, name=exp_name, yes=True, command_line=command)
     progress.done(1, f"designed {exp_dir}")
 
     progress.begin(2, "scaffold run directories, datasets and model")

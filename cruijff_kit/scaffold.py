@@ -1,7 +1,8 @@
 """Step 2 of the workflow: turn a plan into run directories ready to launch.
 
-For each run of `<exp_dir>/experiment_summary.md`'s plan: make sure its dataset exists (generate
-it, or reuse an existing file whose provenance matches the plan), build the embedded tiny model if
+For each run of `<exp_dir>/experiment_summary.md`'s plan: make sure its dataset exists (generated
+by the run's check, or an existing file the check says is that data already) and is well-formed
+for its check (`Check.validate_dataset`: shape, row fields, labels, disjoint splits), build the embedded tiny model if
 a run needs it, and write `<exp_dir>/<run>/` with setup_finetune.yaml, finetune.yaml and
 finetune.slurm (the last two rendered by tools/torchtune/setup_finetune.py). Each run's output
 directory is created up front so that SLURM always has somewhere to write its log.
@@ -14,6 +15,7 @@ Every action is logged in scaffold-experiment.log.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -21,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from cruijff_kit import explog
+from cruijff_kit.checks import check_dataset_shape
 from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import Experiment, RunPlan, find_experiment_dir
-from cruijff_kit.generate import provenance_matches, write_dataset
 from cruijff_kit.markdown_sections import set_section
 from cruijff_kit.models.registry import get_model
 from cruijff_kit.settings import load_settings
@@ -153,6 +155,20 @@ def _log(exp_dir: Path, action: str, description: str, command: str, result: str
     explog.append_entry(exp_dir, LOG, action, description, command=command, result=result, explanation=explanation)
 
 
+def validate_dataset(run: RunPlan, path: Path) -> None:
+    """The dataset file is JSON of the shape its check describes (CkError naming the first bad row)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CkError("dataset", str(path), f"is not readable JSON ({exc})",
+                      "regenerate it (delete the file and run ck scaffold)") from None
+    check = run.dataset.check_obj()
+    if check is None:
+        check_dataset_shape(data, path)
+    else:
+        check.validate_dataset(run.dataset.args(), data, path)
+
+
 def _model_ready(models_dir: Path, name: str) -> bool:
     spec = get_model(name)
     return all((models_dir / name / f).is_file() for f in spec.checkpoint_files) and (models_dir / name / spec.tokenizer_file).is_file()
@@ -201,30 +217,31 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
         datasets.setdefault(run.dataset.dataset_path(exp), run)
     to_generate = []
     for path, run in datasets.items():
-        gen = run.dataset.generator
-        if gen is None:
+        args = run.dataset.args()
+        if args is None:
             if not path.is_file():
                 raise CkError(f"{run.name}.dataset.path", str(path), "does not exist",
                               "create the file, or plan a generated dataset with ck design")
+            validate_dataset(run, path)
             continue
-        if provenance_matches(path, gen):
+        check = run.dataset.check_obj()
+        if check.dataset_ready(args, path):
+            validate_dataset(run, path)
             out.reused.append(path)
-            _log(exp_dir, "REUSE_DATA", f"dataset {path.name}", f"provenance_matches({path})",
-                 "reused", f"its provenance record matches the plan's generator arguments {gen.model_dump()}")
+            _log(exp_dir, "REUSE_DATA", f"dataset {path.name}", f"{check.name}: dataset_ready({path})",
+                 "reused", f"it is the data of the plan's generator arguments {args.model_dump()}")
         else:
             to_generate.append((path, run))
     if to_generate:
         from tqdm import tqdm
 
         for path, run in tqdm(to_generate, desc="generating datasets", unit="dataset", disable=not progress, file=sys.stderr):
-            gen = run.dataset.generator
+            args, check = run.dataset.args(), run.dataset.check_obj()
             why = "no file there yet" if not path.exists() else "the existing file's provenance does not match the plan"
-            result = write_dataset(**gen.model_dump(), output=path.name, output_dir=path.parent)
+            report = check.generate(args, path)
+            validate_dataset(run, path)
             out.generated.append(path)
-            _log(exp_dir, "GENERATE_DATA", f"dataset {path.name}",
-                 f"ck generate bit-sequences {' '.join(f'--{k} {v}' for k, v in gen.model_dump().items())} "
-                 f"--output {path.name} --output_dir {path.parent}",
-                 f"wrote {path} ({result.counts})", why)
+            _log(exp_dir, "GENERATE_DATA", f"dataset {path.name}", check.generate_command(args, path), report, why)
 
     # 3. Models: build the embedded one when a run needs it; only warn about others (they are downloaded by hand).
     models_dir = Path(exp.models_dir)

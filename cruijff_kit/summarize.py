@@ -29,34 +29,19 @@ of a non-PASS run (e.g. "job 123 FAILED, exit 1; see slurm-123.out"); a job stil
 makes the verdict INCONCLUSIVE ("summarize again when it has ended"), and a PASS whose job did not
 complete gets a warning.
 
-Then by the run's data (the generator arguments in the plan; `expected.kind` when there are none):
+Then the run's check judges it (`Check.judge`, its rules in its own docs: `ck summarize --help`
+prints each registered check's summary of them). A check that leaves the verdict to the core, and
+runs without a check, get the generic rule of their `expected.kind`:
 
-- Clean parity (bit_parity, p = 0; kind learnable): PASS when validation accuracy >= the target
-  (0.99). At small bit_length a validation string whose number of ones occurs in no training string
-  (e.g. 00000000: de-duplication removed its only representative from training) cannot be inferred
-  by counting, so accuracy is computed on the *inferable* validation strings only (from the dataset
-  file and val_predictions.jsonl); the uninferable ones are listed in the report, not held against
-  the model. Validation strings leaked into training are left out too (they test memory, not the
-  rule) and flagged. Below the target: INCONCLUSIVE if the validation loss was still falling at
-  the end ("train longer"; the reason also gives the training loss against the floor), else FAIL.
-  A parity run with shuffled labels cannot learn anything, plateaus near chance and FAILs.
-- Bernoulli(p) labels (not bit_parity; kind floor): p-hat is the label frequency actually in the
-  validation split (a finite split is not exactly p), the floor is H(p-hat). Loss below
-  floor - margin -> FAIL (the model knows something about labels that are independent of the
-  inputs: information leaked). Loss within
-  [floor - margin, floor + KL(p-hat || p-hat_train) + margin + 0.02] -> PASS. The KL term is what a
-  model that learned the training split's frequency exactly must pay on validation; the extra
-  0.02 nats above (EXTRA_ABOVE_NATS) allows for the probability a briefly trained model still puts
-  on tokens other than "0"/"1" (2 % of the mass costs 0.02 nats) - being above the floor is
-  under-training, being below it is a leak, so only the upper side is widened. Above the window:
-  INCONCLUSIVE if the loss was still falling, else FAIL.
-- Noisy parity (bit_parity, p > 0): p-hat is the fraction of (inferable) validation labels that
-  disagree with parity. PASS when accuracy is within its margin of max(p-hat, 1 - p-hat) and the
-  loss within the Bernoulli window around H(p-hat) (KL term from the training split's noise rate).
-  Accuracy above the window or loss below it -> FAIL (leak). Otherwise INCONCLUSIVE if still
-  falling, else FAIL.
-- Generic `learnable` / `floor` runs without generator arguments: accuracy >= target_accuracy, or
-  loss within the margin of floor_nats, with the same still-falling rule.
+- learnable: PASS when accuracy >= target_accuracy (0.99 when the plan gives none), on the
+  validation inputs that do not occur in training (a leaked input tests memory, not the rule);
+  below it: INCONCLUSIVE if still falling ("train longer"), else FAIL.
+- floor: PASS when the loss is within the noise margin of floor_nats (2 standard errors of the
+  per-example losses + EPS_NATS); below it: FAIL (information leaked); above it: INCONCLUSIVE if
+  still falling, else FAIL.
+
+A check may also compare its runs (`Check.compare`): its lines go into the verdict table and the
+Results section; they do not change any verdict.
 
 "Still falling": a robust (Theil-Sen: median pairwise slope) line through the validation answer
 losses of the second half of training (the evaluations at or after the midpoint step, at least the
@@ -66,12 +51,11 @@ second half.
 
 Warnings (do not change the verdict unless said above):
 
-- validation strings that also occur in the training split (leak; the generator promises none);
-- dataset labels that do not match the declared generator (e.g. parity labels shuffled);
+- validation inputs that also occur in the training split (leak; generators promise none);
 - overfitting: the final validation loss (on the judged strings) is more than 0.1 nats + margin
   above and 1.5x the training answer loss at the end of training (mean of the last 10 % of steps);
-- for Bernoulli runs, accuracy above max(p-hat, 1 - p-hat) + margin;
-- missing val_predictions.jsonl or dataset file (the subset checks are then skipped).
+- missing val_predictions.jsonl or dataset file (the subset checks are then skipped);
+- whatever the run's check adds.
 """
 
 from __future__ import annotations
@@ -110,22 +94,24 @@ MAX_LISTED = 20
 
 @dataclass
 class Expectation:
-    """What a run should reach: the plan's `expected`, plus the generator arguments when known."""
+    """What a run should reach: the plan's `expected`, plus its check and generator arguments when known."""
 
     kind: str  # "learnable" | "floor"
     floor_nats: float
     target_accuracy: float | None = None
-    bit_parity: bool | None = None
-    p: float | None = None
     note: str = ""
+    check: Any = None  # the cruijff_kit.checks.Check that made the data
+    args: Any = None   # its generator arguments (the check's Args model)
 
-    @property
-    def rule(self) -> str:
-        if self.bit_parity is True:
-            return "parity" if not self.p else "noisy_parity"
-        if self.bit_parity is False:
-            return "bernoulli"
-        return self.kind
+
+@dataclass
+class Evidence:
+    """What a check's `judge` sees of one run that trained to its end."""
+
+    metrics: list[dict]
+    predictions: list[dict] | None
+    dataset: dict | None
+    expectation: Expectation
 
 
 @dataclass
@@ -141,7 +127,7 @@ class RunSummary:
     best_val_answer_acc: float | None = None
     final_train_answer_loss: float | None = None
     final_train_answer_acc: float | None = None
-    floor_nats: float | None = None  # the floor the verdict used (H(p-hat) for floor runs)
+    floor_nats: float | None = None  # the floor the verdict used (a check may measure it on the data)
     declared_floor_nats: float | None = None  # the plan's expected.floor_nats
     target_accuracy: float | None = None
     judged_loss: float | None = None
@@ -172,6 +158,7 @@ class ExperimentSummary:
     runs: list[RunSummary]
     comparison_plot: str | None = None
     summary_json: str | None = None
+    comparisons: list[str] = field(default_factory=list)  # the checks' cross-run lines
 
     @property
     def passed(self) -> int:
@@ -191,6 +178,7 @@ class ExperimentSummary:
             "experiment_dir": self.experiment_dir,
             "all_pass": self.all_pass,
             "comparison_plot": self.comparison_plot,
+            "comparisons": self.comparisons,
             "runs": [r.to_dict() for r in self.runs],
         }
 
@@ -228,7 +216,7 @@ def read_dataset(path: str | os.PathLike) -> dict | None:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise CkError("dataset", str(path), "is not valid JSON", "regenerate it with `ck generate bit-sequences`") from None
+        raise CkError("dataset", str(path), "is not valid JSON", "regenerate it (delete the file and run ck scaffold)") from None
     if not isinstance(data, dict) or not isinstance(data.get("train"), list) or not isinstance(data.get("validation"), list):
         raise CkError("dataset", str(path), "needs top-level `train` and `validation` lists", "regenerate it")
     return data
@@ -239,8 +227,8 @@ def read_dataset(path: str | os.PathLike) -> dict | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def bernoulli_kl(p: float, q: float) -> float:
-    """KL(Bernoulli(p) || Bernoulli(q)) in nats; q is clipped away from 0 and 1."""
+def binary_kl(p: float, q: float) -> float:
+    """KL(B(p) || B(q)) between two-outcome distributions in nats; q is clipped away from 0 and 1."""
     q = min(max(q, 1e-6), 1 - 1e-6)
     total = 0.0
     if p > 0:
@@ -251,7 +239,7 @@ def bernoulli_kl(p: float, q: float) -> float:
 
 
 def ideal_log_loss_std(p: float) -> float:
-    """Std of the per-example log-loss of a predictor that says p everywhere, labels ~ Bernoulli(p)."""
+    """Std of the per-example log-loss of a predictor that says p everywhere, labels 1 with probability p."""
     if p <= 0.0 or p >= 1.0:
         return 0.0
     return abs(math.log((1 - p) / p)) * math.sqrt(p * (1 - p))
@@ -266,11 +254,11 @@ def _std(values: Sequence[float]) -> float:
 
 def log_odds_of_one(prediction: dict) -> float | None:
     """The model's ln(P(1) / P(0)) for one val_predictions row, assuming its mass is on "0" and "1"."""
-    loss = _num(prediction.get("answer_loss"))
+    loss = finite_number(prediction.get("answer_loss"))
     if loss is None:
         return None
     q_target = min(max(math.exp(-loss), 1e-4), 1 - 1e-4)
-    q_one = q_target if _label(prediction.get("target")) == "1" else 1 - q_target
+    q_one = q_target if label_of(prediction.get("target")) == "1" else 1 - q_target
     return math.log(q_one / (1 - q_one))
 
 
@@ -280,6 +268,20 @@ def loss_margin(n: int, p_hat: float, predictions: Sequence[dict] = ()) -> float
     chance = math.sqrt(p_hat * (1 - p_hat)) * _std(odds)
     s = max(ideal_log_loss_std(p_hat), chance)
     return 2.0 * s / math.sqrt(max(n, 1)) + EPS_NATS
+
+
+def chance_pass_probability(n: int, target: float, chance: float) -> float:
+    """P(a model that guesses, right with probability `chance`, reaches accuracy >= target on n rows)."""
+    need = math.ceil(target * n - 1e-9)
+    return sum(math.comb(n, k) * chance ** k * (1 - chance) ** (n - k) for k in range(need, n + 1))
+
+
+def rows_for_chance_below(target: float, chance: float, limit: float) -> int:
+    """The fewest validation rows at which guessing passes with probability <= limit."""
+    n = 1
+    while chance_pass_probability(n, target, chance) > limit:
+        n += 1
+    return n
 
 
 def accuracy_margin(n: int, accuracy: float) -> float:
@@ -292,50 +294,15 @@ def accuracy_margin(n: int, accuracy: float) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def parity_label(bits: str) -> str:
-    return str(bits.count("1") % 2)
-
-
-def _label(value: Any) -> str:
+def label_of(value: Any) -> str:
     return str(value).strip()
 
 
-@dataclass
-class DataFacts:
-    leaked: list[str]  # validation strings that occur in training
-    uninferable: set[str]  # validation strings whose number of ones occurs in no training string
-    train_label_freq: float | None  # fraction of "1" labels in training
-    val_label_freq: float | None
-    train_parity_disagreement: float | None  # fraction of training labels != parity
-    val_parity_disagreement: float | None
-    n_train: int
-    n_val: int
-
-
-def data_facts(dataset: dict) -> DataFacts:
-    train = dataset.get("train") or []
-    val = dataset.get("validation") or []
-    train_inputs = [str(r.get("input", "")) for r in train]
-    val_inputs = [str(r.get("input", "")) for r in val]
-    train_set = set(train_inputs)
-    leaked = sorted({s for s in val_inputs if s in train_set})
-    train_ones = {s.count("1") for s in train_inputs}
-    uninferable = {s for s in val_inputs if s.count("1") not in train_ones}
-
-    def freq(rows):
-        return sum(_label(r.get("output")) == "1" for r in rows) / len(rows) if rows else None
-
-    def disagreement(rows):
-        if not rows:
-            return None
-        return sum(_label(r.get("output")) != parity_label(str(r.get("input", ""))) for r in rows) / len(rows)
-
-    return DataFacts(
-        leaked=leaked, uninferable=uninferable,
-        train_label_freq=freq(train), val_label_freq=freq(val),
-        train_parity_disagreement=disagreement(train), val_parity_disagreement=disagreement(val),
-        n_train=len(train), n_val=len(val),
-    )
+def leaked_inputs(dataset: dict) -> list[str]:
+    """Validation inputs that also occur in training."""
+    train = {str(r.get("input", "")) for r in dataset.get("train") or [] if isinstance(r, dict)}
+    return sorted({s for r in dataset.get("validation") or [] if isinstance(r, dict)
+                   if (s := str(r.get("input", ""))) in train})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +310,7 @@ def data_facts(dataset: dict) -> DataFacts:
 # ---------------------------------------------------------------------------------------------
 
 
-def _num(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -359,8 +326,8 @@ def _series(rows: Iterable[dict], event: str, key: str) -> list[tuple[int, float
     for row in rows:
         if row.get("event") != event:
             continue
-        value = _num(row.get(key))
-        step = _num(row.get("step"))
+        value = finite_number(row.get(key))
+        step = finite_number(row.get("step"))
         if value is None or step is None:
             continue
         by_step[int(step)] = value
@@ -436,7 +403,7 @@ def loss_drop(rows: Sequence[dict]) -> tuple[float | None, str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _listing(strings: Iterable[str]) -> str:
+def listing(strings: Iterable[str]) -> str:
     items = sorted(strings)
     shown = ", ".join(items[:MAX_LISTED])
     return shown + (f", ... (+{len(items) - MAX_LISTED})" if len(items) > MAX_LISTED else "")
@@ -449,8 +416,8 @@ def _predictions_match(predictions: list[dict], dataset: dict) -> bool:
     return all(str(p.get("input", "")) == str(v.get("input", "")) for p, v in zip(predictions, val))
 
 
-def _correct(pred: dict) -> bool:
-    return _label(pred.get("predicted")) == _label(pred.get("target"))
+def is_correct(pred: dict) -> bool:
+    return label_of(pred.get("predicted")) == label_of(pred.get("target"))
 
 
 def judge_run(
@@ -460,10 +427,10 @@ def judge_run(
     dataset: dict | None,
     expectation: Expectation,
 ) -> RunSummary:
-    """The verdict for one run. Pure: the rules are in this module's docstring."""
-    rule = expectation.rule
+    """The verdict for one run. Pure: the rules are in this module's docstring and the run's check."""
+    rule = expectation.kind
     target = expectation.target_accuracy
-    if target is None and rule in ("parity", "learnable"):
+    if target is None and rule == "learnable":
         target = DEFAULT_TARGET_ACCURACY
     summary = RunSummary(name=name, verdict=FAIL, reason="", rule=rule,
                          declared_floor_nats=expectation.floor_nats, floor_nats=expectation.floor_nats,
@@ -479,27 +446,25 @@ def judge_run(
     val_acc = val_series(metrics, "val_answer_acc")
     summary.final_train_answer_loss = _tail_mean(train_loss)
     summary.final_train_answer_acc = _tail_mean(train_acc)
-    steps = [int(s) for r in metrics if (s := _num(r.get("step"))) is not None]
+    steps = [int(s) for r in metrics if (s := finite_number(r.get("step"))) is not None]
     summary.steps = max(steps) if steps else None
     final_row = _final_val_row(metrics)
     if final_row is not None:
-        summary.final_val_answer_loss = _num(final_row.get("val_answer_loss"))
-        summary.final_val_answer_acc = _num(final_row.get("val_answer_acc"))
-        summary.val_examples = int(_num(final_row.get("val_examples")) or 0) or None
+        summary.final_val_answer_loss = finite_number(final_row.get("val_answer_loss"))
+        summary.final_val_answer_acc = finite_number(final_row.get("val_answer_acc"))
+        summary.val_examples = int(finite_number(final_row.get("val_examples")) or 0) or None
         summary.best_val_answer_loss = min((v for _, v in val_loss), default=None)
         summary.best_val_answer_acc = max((v for _, v in val_acc), default=None)
 
     # --- facts about the data, warnings that never depend on the model
-    facts = data_facts(dataset) if dataset is not None else None
-    if facts is None:
-        warnings.append("dataset file not found: leak and inferability checks skipped")
+    if dataset is None:
+        warnings.append("dataset file not found: leak and per-input checks skipped")
     else:
-        summary.leaked = facts.leaked
-        if facts.leaked:
-            warnings.append(f"leak: {len(facts.leaked)} validation string(s) also occur in training: {_listing(facts.leaked)}")
-        _check_labels_match_generator(expectation, facts, warnings)
+        summary.leaked = leaked_inputs(dataset)
+        if summary.leaked:
+            warnings.append(f"leak: {len(summary.leaked)} validation input(s) also occur in training: {listing(summary.leaked)}")
     if predictions is None:
-        warnings.append("no val_predictions.jsonl: per-string checks use the metrics only")
+        warnings.append("no val_predictions.jsonl: per-input checks use the metrics only")
     elif dataset is not None and not _predictions_match(predictions, dataset):
         warnings.append("val_predictions.jsonl does not list the dataset's validation split in order")
     if not train_loss and not train_acc:
@@ -512,34 +477,15 @@ def judge_run(
         summary.reason = f"training did not finish (no `end` row after step {summary.steps}): crashed or killed, see slurm-*.out"
         return summary
 
-    if rule in ("parity", "learnable"):
-        _judge_learnable(summary, predictions, facts, target, metrics)
-    elif rule == "bernoulli":
-        _judge_bernoulli(summary, expectation, predictions, facts, metrics)
-    elif rule == "noisy_parity":
-        _judge_noisy_parity(summary, expectation, predictions, facts, metrics)
-    else:  # generic floor
-        _judge_floor(summary, expectation, predictions, metrics)
+    evidence = Evidence(metrics, predictions, dataset, expectation)
+    check = expectation.check
+    if check is None or not check.judge(summary, evidence):
+        if rule == "learnable":
+            judge_learnable(summary, evidence, target)
+        else:
+            judge_floor(summary, evidence)
     _check_overfitting(summary)
     return summary
-
-
-def _check_labels_match_generator(exp: Expectation, facts: DataFacts, warnings: list[str]) -> None:
-    if exp.bit_parity is None or exp.p is None:
-        return
-    for split, n, observed in (
-        ("training", facts.n_train, facts.train_parity_disagreement if exp.bit_parity else facts.train_label_freq),
-        ("validation", facts.n_val, facts.val_parity_disagreement if exp.bit_parity else facts.val_label_freq),
-    ):
-        if observed is None or n == 0:
-            continue
-        if exp.bit_parity and exp.p == 0.0:
-            bad = observed > 0.0
-        else:
-            bad = abs(observed - exp.p) > 4 * math.sqrt(exp.p * (1 - exp.p) / n) + EPS_ACC
-        if bad:
-            what = "disagree with parity" if exp.bit_parity else "are 1"
-            warnings.append(f"{split} labels do not match the generator: {observed:.1%} of them {what}, declared p={exp.p}")
 
 
 def _still_falling(summary: RunSummary, metrics: list[dict], margin: float) -> tuple[bool, str]:
@@ -549,7 +495,8 @@ def _still_falling(summary: RunSummary, metrics: list[dict], margin: float) -> t
     return falling, how
 
 
-def _not_reached(summary: RunSummary, metrics: list[dict], margin: float, shortfall: str) -> None:
+def not_reached(summary: RunSummary, metrics: list[dict], margin: float, shortfall: str) -> None:
+    """Short of the goal: INCONCLUSIVE while the loss was still falling ("train longer"), else FAIL."""
     falling, how = _still_falling(summary, metrics, margin)
     train = summary.final_train_answer_loss
     floor = summary.floor_nats or 0.0
@@ -562,18 +509,20 @@ def _not_reached(summary: RunSummary, metrics: list[dict], margin: float, shortf
         summary.reason = f"{shortfall} and the loss was no longer falling ({how}){train_note}"
 
 
-def _judge_learnable(summary, predictions, facts, target, metrics) -> None:
+def judge_learnable(summary: RunSummary, evidence: Evidence, target: float, set_aside: Iterable[str] = (),
+                    scope: str = "", aside: str = "", what: str = "validation inputs") -> None:
+    """PASS when accuracy >= target on the validation inputs neither in `set_aside` nor leaked into
+    training (all of them when that leaves none); `scope` and `aside` are words for the reason."""
+    predictions, metrics = evidence.predictions, evidence.metrics
     judged = None
+    set_aside = set(set_aside)
     if predictions is not None:
-        uninferable = facts.uninferable if facts is not None else set()
-        set_aside = uninferable | set(facts.leaked if facts is not None else ())
-        summary.uninferable = sorted({str(p.get("input", "")) for p in predictions} & uninferable)
-        judged = [p for p in predictions if str(p.get("input", "")) not in set_aside]
+        judged = [p for p in predictions if str(p.get("input", "")) not in set_aside | set(summary.leaked)]
         if not judged:
-            judged = [p for p in predictions if str(p.get("input", "")) not in uninferable] or predictions
+            judged = [p for p in predictions if str(p.get("input", "")) not in set_aside] or predictions
     if judged:
-        accuracy = sum(_correct(p) for p in judged) / len(judged)
-        losses = [v for p in judged if (v := _num(p.get("answer_loss"))) is not None]
+        accuracy = sum(is_correct(p) for p in judged) / len(judged)
+        losses = [v for p in judged if (v := finite_number(p.get("answer_loss"))) is not None]
         summary.judged_loss = sum(losses) / len(losses) if losses else summary.final_val_answer_loss
         summary.judged_examples = len(judged)
     else:
@@ -584,111 +533,32 @@ def _judge_learnable(summary, predictions, facts, target, metrics) -> None:
     summary.judged_accuracy = accuracy
     n = summary.judged_examples or 1
     summary.loss_margin_nats = 2 * (_std(losses) if losses else math.log(2)) / math.sqrt(n) + EPS_NATS
-    aside = ""
-    if summary.uninferable:
-        aside = f"; {len(summary.uninferable)} uninferable string(s) set aside: {_listing(summary.uninferable)}"
-        summary.warnings.append(
-            f"uninferable: {len(summary.uninferable)} validation string(s) have a number of ones that no training "
-            f"string has, so parity cannot be inferred by counting: {_listing(summary.uninferable)}")
-    scope = "inferable " if summary.uninferable else ""
-    what = f"accuracy {accuracy:.3f} on {n} {scope}validation strings"
+    text = f"accuracy {accuracy:.3f} on {n} {scope}{what}"
     if accuracy >= target:
         summary.verdict = PASS
-        summary.reason = f"{what} >= {target}{aside}"
+        summary.reason = f"{text} >= {target}{aside}"
     else:
-        _not_reached(summary, metrics, summary.loss_margin_nats, f"{what} < {target}{aside}")
+        not_reached(summary, metrics, summary.loss_margin_nats, f"{text} < {target}{aside}")
 
 
-def _floor_window(summary, p_hat, p_train, predictions, n) -> tuple[float, float, float]:
+def floor_window(summary: RunSummary, p_hat: float, p_train: float | None, predictions: Sequence[dict] | None,
+                 n: int) -> tuple[float, float, float]:
+    """For labels that are 1 with probability p_hat: the PASS window [low, high] of the answer loss
+    around the floor H(p_hat) (see the module docstring), and the margin; records floor and margin."""
     floor = binary_entropy_nats(p_hat)
     margin = loss_margin(n, p_hat, predictions or [])
-    excess = bernoulli_kl(p_hat, p_train) if p_train is not None else 0.0
+    excess = binary_kl(p_hat, p_train) if p_train is not None else 0.0
     summary.floor_nats = floor
     summary.loss_margin_nats = margin
     summary.p_hat = p_hat
     return floor - margin, floor + excess + margin + EXTRA_ABOVE_NATS, margin
 
 
-def _judge_bernoulli(summary, exp, predictions, facts, metrics) -> None:
-    n = summary.val_examples or (facts.n_val if facts else 0) or len(predictions or []) or 1
-    if facts is not None and facts.val_label_freq is not None:
-        p_hat, p_train = facts.val_label_freq, facts.train_label_freq
-    elif predictions:
-        p_hat, p_train = sum(_label(p.get("target")) == "1" for p in predictions) / len(predictions), None
-    else:
-        p_hat, p_train = float(exp.p if exp.p is not None else 0.5), None
-        summary.warnings.append(f"validation label frequency unknown: using the declared p={p_hat}")
-    low, high, margin = _floor_window(summary, p_hat, p_train, predictions, n)
-    loss = summary.final_val_answer_loss
-    summary.judged_loss, summary.judged_examples = loss, n
-    summary.judged_accuracy = summary.final_val_answer_acc
-    best_acc = max(p_hat, 1 - p_hat)
-    if summary.judged_accuracy is not None and summary.judged_accuracy > best_acc + accuracy_margin(n, best_acc):
-        summary.warnings.append(f"accuracy {summary.judged_accuracy:.3f} above the best possible {best_acc:.3f} "
-                                "for labels independent of the input: information leaked")
-    where = f"H(p̂={p_hat:.3f}) = {summary.floor_nats:.4f}"
-    if loss is None:
-        summary.reason = "the final validation row has no val_answer_loss"
-    elif loss < low:
-        leak = f"; {len(summary.leaked)} validation strings occur in training" if summary.leaked else ""
-        summary.reason = (f"loss {loss:.4f} is below the floor {where} by more than {margin:.4f}: "
-                          f"the labels are independent of the inputs, so information leaked{leak}")
-    elif loss <= high:
-        summary.verdict = PASS
-        summary.reason = f"loss {loss:.4f} within [{low:.4f}, {high:.4f}] around the floor {where}"
-    else:
-        _not_reached(summary, metrics, margin, f"loss {loss:.4f} above {high:.4f} (floor {where})")
-
-
-def _judge_noisy_parity(summary, exp, predictions, facts, metrics) -> None:
-    uninferable = facts.uninferable if facts is not None else set()
-    judged = [p for p in (predictions or []) if str(p.get("input", "")) not in uninferable]
-    if predictions and uninferable:
-        summary.uninferable = sorted({str(p.get("input", "")) for p in predictions} & uninferable)
-        summary.warnings.append(f"uninferable: {len(summary.uninferable)} validation string(s) set aside: "
-                                f"{_listing(summary.uninferable)}")
-    p_train = facts.train_parity_disagreement if facts is not None else None
-    if judged:
-        n = len(judged)
-        p_hat = sum(_label(p.get("target")) != parity_label(str(p.get("input", ""))) for p in judged) / n
-        accuracy = sum(_correct(p) for p in judged) / n
-        losses = [v for p in judged if (v := _num(p.get("answer_loss"))) is not None]
-        loss = sum(losses) / len(losses) if losses else summary.final_val_answer_loss
-    else:
-        n = summary.val_examples or 1
-        if facts is not None and facts.val_parity_disagreement is not None:
-            p_hat = facts.val_parity_disagreement
-        else:
-            p_hat = float(exp.p)
-            summary.warnings.append(f"validation noise rate unknown: using the declared p={p_hat}")
-        accuracy, loss = summary.final_val_answer_acc, summary.final_val_answer_loss
-    # the noise margin is about the event "label disagrees with parity", whose frequency is p-hat
-    flips = [{"answer_loss": p.get("answer_loss"),
-              "target": "1" if _label(p.get("target")) != parity_label(str(p.get("input", ""))) else "0"} for p in judged]
-    low, high, margin = _floor_window(summary, p_hat, p_train, flips, n)
-    summary.judged_loss, summary.judged_accuracy, summary.judged_examples = loss, accuracy, n
-    best_acc = max(p_hat, 1 - p_hat)
-    summary.target_accuracy = best_acc
-    acc_margin = accuracy_margin(n, best_acc)
-    where = f"H(p̂={p_hat:.3f}) = {summary.floor_nats:.4f}"
-    if loss is None or accuracy is None:
-        summary.reason = "the final validation row has no val_answer_loss / val_answer_acc"
-    elif loss < low or accuracy > best_acc + acc_margin:
-        summary.reason = (f"better than possible: loss {loss:.4f} (floor {where}), accuracy {accuracy:.3f} "
-                          f"(best {best_acc:.3f}): information leaked")
-    elif loss <= high and accuracy >= best_acc - acc_margin:
-        summary.verdict = PASS
-        summary.reason = (f"accuracy {accuracy:.3f} within {acc_margin:.3f} of {best_acc:.3f} and loss {loss:.4f} "
-                          f"within [{low:.4f}, {high:.4f}] around the floor {where}")
-    else:
-        _not_reached(summary, metrics, margin,
-                     f"accuracy {accuracy:.3f} (best {best_acc:.3f}) / loss {loss:.4f} (floor {where}) not reached")
-
-
-def _judge_floor(summary, exp, predictions, metrics) -> None:
+def judge_floor(summary: RunSummary, evidence: Evidence) -> None:
+    predictions, metrics = evidence.predictions, evidence.metrics
     n = summary.val_examples or len(predictions or []) or 1
-    losses = [v for p in (predictions or []) if (v := _num(p.get("answer_loss"))) is not None]
-    floor = exp.floor_nats
+    losses = [v for p in (predictions or []) if (v := finite_number(p.get("answer_loss"))) is not None]
+    floor = evidence.expectation.floor_nats
     margin = 2 * _std(losses) / math.sqrt(n) + EPS_NATS
     summary.loss_margin_nats = margin
     loss = summary.final_val_answer_loss
@@ -701,7 +571,7 @@ def _judge_floor(summary, exp, predictions, metrics) -> None:
         summary.verdict = PASS
         summary.reason = f"loss {loss:.4f} within {margin:.4f} of the floor {floor:.4f}"
     else:
-        _not_reached(summary, metrics, margin, f"loss {loss:.4f} above the floor {floor:.4f} + {margin:.4f}")
+        not_reached(summary, metrics, margin, f"loss {loss:.4f} above the floor {floor:.4f} + {margin:.4f}")
 
 
 def _check_overfitting(summary: RunSummary) -> None:
@@ -721,14 +591,11 @@ def _check_overfitting(summary: RunSummary) -> None:
 
 
 def expectation_for(run) -> Expectation:
-    """An `Expectation` from a plan's RunPlan (expected + generator arguments)."""
+    """An `Expectation` from a plan's RunPlan (expected + its check and generator arguments)."""
     expected = run.expected
-    generator = getattr(run.dataset, "generator", None)
-    return Expectation(
-        kind=expected.kind, floor_nats=float(expected.floor_nats), target_accuracy=expected.target_accuracy,
-        bit_parity=generator.bit_parity if generator is not None else None,
-        p=float(generator.p) if generator is not None else None, note=expected.note,
-    )
+    return Expectation(kind=expected.kind, floor_nats=float(expected.floor_nats),
+                       target_accuracy=expected.target_accuracy, note=expected.note,
+                       check=run.dataset.check_obj(), args=run.dataset.args())
 
 
 def summarize_experiment(exp_dir: str | os.PathLike, *, write: bool = True, plots: bool = True) -> ExperimentSummary:
@@ -755,13 +622,24 @@ def summarize_experiment(exp_dir: str | os.PathLike, *, write: bool = True, plot
         runs.append(summary)
         curves.append((summary, metrics or []))
 
-    result = ExperimentSummary(name=exp.name, experiment_dir=str(exp_path), runs=runs)
+    result = ExperimentSummary(name=exp.name, experiment_dir=str(exp_path), runs=runs,
+                               comparisons=_compare(exp, runs))
     if write:
         if plots:
             _draw_plots(exp_path, result, curves)
         result.summary_json = str(atomic_write_json(exp_path / SUMMARY_JSON, result.to_dict()))
         set_section(exp_path / SUMMARY_NAME, RESULTS_HEADING, results_markdown(result))
     return result
+
+
+def _compare(exp: Experiment, runs: list[RunSummary]) -> list[str]:
+    """Each check's lines about its runs taken together (`Check.compare`)."""
+    by_check: dict[str, tuple[Any, list]] = {}
+    for run, summary in zip(exp.runs, runs):
+        check = run.dataset.check_obj()
+        if check is not None:
+            by_check.setdefault(check.name, (check, []))[1].append((run.dataset.args(), summary))
+    return [line for check, pairs in by_check.values() for line in check.compare(pairs)]
 
 
 def _job_states(exp_path: Path) -> dict:
@@ -834,8 +712,8 @@ def results_markdown(result: ExperimentSummary) -> str:
     lines = [
         f"Overall: **{'PASS' if result.all_pass else 'NOT PASS'}** "
         f"({result.passed}/{len(result.runs)} runs PASS). "
-        "Answer-token loss in nats. Floor: 0 for clean parity, H(p̂) for label noise, p̂ being the rate "
-        "actually in the validation split. Rules: docstring of `cruijff_kit/summarize.py`.",
+        "Answer-token loss in nats; the floor is the lowest loss any model can reach on the run's data "
+        "(its check may measure it on the validation split). Rules: `ck summarize --help`.",
         "",
         "| run | verdict | final val loss | best val loss | floor | final val acc | best val acc | target acc | reason |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -845,6 +723,8 @@ def results_markdown(result: ExperimentSummary) -> str:
             f"| {r.name} | **{r.verdict}** | {_fmt(r.final_val_answer_loss)} | {_fmt(r.best_val_answer_loss)} | "
             f"{_fmt(r.floor_nats)} | {_fmt(r.final_val_answer_acc, 3)} | {_fmt(r.best_val_answer_acc, 3)} | "
             f"{_fmt(r.target_accuracy, 3)} | {_md_cell(r.reason)} |")
+    if result.comparisons:
+        lines += ["", "Across runs:", ""] + [f"- {_md_cell(c)}" for c in result.comparisons]
     for r in result.runs:
         if r.warnings:
             lines += ["", f"Warnings for {r.name}:", ""] + [f"- {_md_cell(w)}" for w in r.warnings]
@@ -870,6 +750,8 @@ def verdict_table(result: ExperimentSummary) -> str:
     for r in result.runs:
         for w in r.warnings:
             out.append(f"  warning [{r.name}]: {w}")
+    for line in result.comparisons:
+        out.append(f"  across runs: {line}")
     overall = "PASS" if result.all_pass else "NOT PASS"
     out.append(f"overall: {overall} ({result.passed}/{len(result.runs)} runs PASS)")
     return "\n".join(out)

@@ -8,19 +8,21 @@ import os
 
 import pytest
 
-from cruijff_kit import explog, presets
+from cruijff_kit import explog
 from cruijff_kit.cli import main
 from cruijff_kit.design import (
-    build_bit_sequences_plan,
-    design_bit_sequences,
-    expected_dedup_loss,
-    parse_add_run,
+    build_plan,
+    design_check,
     write_experiment,
 )
 from cruijff_kit.errors import CkError
-from cruijff_kit.experiment import SUMMARY_NAME, BitSequenceArgs, Experiment
+from cruijff_kit.experiment import SUMMARY_NAME, Experiment
 from cruijff_kit.markdown_sections import get_section, set_section
 from cruijff_kit.settings import load_settings
+from sanity_checks.bit_sequences import presets
+from sanity_checks.bit_sequences.check import CHECK, BitSequenceArgs, expected_dedup_loss
+
+parse_add_run = CHECK.parse_add_run
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +57,7 @@ def test_seed_preset_writes_the_seed_layout(scratch, tmp_path, capsys):
     assert [r.name for r in exp.runs] == list(presets.SEED["runs"])
     for run in exp.runs:
         assert run.model == presets.SEED["model"]
-        assert run.dataset.generator == BitSequenceArgs(**presets.SEED["runs"][run.name])
+        assert run.dataset.generator == BitSequenceArgs(**presets.SEED["runs"][run.name]).model_dump()
         assert run.hyper.model_dump(include=set(presets.SEED["hyper"])) == presets.SEED["hyper"]
         assert run.hyper.lora_alpha == 2 * presets.SEED["hyper"]["lora_rank"]
         assert run.compute.gpus == presets.SEED["compute"]["gpus"]
@@ -97,7 +99,7 @@ def test_refuses_to_overwrite_unless_forced_and_keeps_later_sections(scratch, ca
 
 
 def test_overrides_and_added_runs(scratch):
-    exp_dir = design_bit_sequences(
+    exp_dir = design_check("bit_sequences", 
         "embedded", name="variants",
         overrides={"bit_length": 12, "p": 0.3, "epochs": 2, "lr": 0.001, "time": "00:20:00"},
         extra_runs=[parse_add_run("noisy_parity:parity:12:0.1"), parse_add_run("biased:bernoulli:10:0.9:2000:100")],
@@ -107,10 +109,10 @@ def test_overrides_and_added_runs(scratch):
     exp = Experiment.load(exp_dir)
     runs = {r.name: r for r in exp.runs}
     assert list(runs) == ["parity_run", "probabilistic_run", "noisy_parity", "biased"]
-    assert runs["parity_run"].dataset.generator.p == 0.0  # --p changes the Bernoulli runs only
-    assert runs["probabilistic_run"].dataset.generator.p == 0.3
-    assert all(r.dataset.generator.bit_length == 12 for r in exp.runs[:3])
-    assert runs["biased"].dataset.generator.model_dump() == {
+    assert runs["parity_run"].dataset.args().p == 0.0  # --p changes the Bernoulli runs only
+    assert runs["probabilistic_run"].dataset.args().p == 0.3
+    assert all(r.dataset.args().bit_length == 12 for r in exp.runs[:3])
+    assert runs["biased"].dataset.args().model_dump() == {
         "bit_length": 10, "N": 2000, "val_size": 100, "bit_parity": False, "p": 0.9, "seed": 42}
     assert runs["noisy_parity"].expected.target_accuracy == pytest.approx(0.9)
     assert runs["biased"].expected.target_accuracy == pytest.approx(0.9)
@@ -124,8 +126,8 @@ def test_cli_flags_reach_the_plan(scratch):
     assert main(["design", "bit-sequences", "--name", "flags", "--bit-length", "10", "--noise", "0.05",
                  "--train-on-input", "false", "--add-run", "extra:bernoulli:10:0.2", "--yes"]) == 0
     exp = Experiment.load(scratch / "ck-sanity-checks" / "flags")
-    assert exp.get_run("parity_run").dataset.generator.p == 0.05
-    assert exp.get_run("extra").dataset.generator.p == 0.2
+    assert exp.get_run("parity_run").dataset.args().p == 0.05
+    assert exp.get_run("extra").dataset.args().p == 0.2
     assert not any(r.hyper.train_on_input for r in exp.runs)
     command = explog.read_log(scratch / "ck-sanity-checks" / "flags", "design")[0].fields["Command"]
     assert "--noise 0.05" in command and "--add-run extra:bernoulli:10:0.2" in command
@@ -139,35 +141,35 @@ def test_bad_add_run_spec(spec):
 
 def test_bad_design_input_writes_nothing(scratch, capsys):
     with pytest.raises(CkError, match="did you mean epochs"):
-        design_bit_sequences("embedded", name="typo", overrides={"epoch": 3})
+        design_check("bit_sequences", "embedded", name="typo", overrides={"epoch": 3})
     with pytest.raises(CkError, match="hyper: batch_size"):
-        design_bit_sequences("embedded", name="zero", overrides={"batch_size": 0})
+        design_check("bit_sequences", "embedded", name="zero", overrides={"batch_size": 0})
     # 2^3 = 8 strings cannot give 64 validation rows and leave training data
     assert main(["design", "bit-sequences", "--name", "tiny", "--bit-length", "3", "--yes"]) == 2
     assert "raise bit_length or lower val_size" in capsys.readouterr().err
     assert main(["design", "bit-sequences", "--name", "m", "--model", "no-such-model", "--yes"]) == 2
     assert not (scratch / "ck-sanity-checks").exists()
     with pytest.raises(CkError, match="unknown preset"):
-        design_bit_sequences("huge")
+        design_check("bit_sequences", "huge")
 
 
 def test_dedup_estimate_and_warning(scratch, capsys):
     args = BitSequenceArgs(bit_length=5, N=3000, val_size=64, bit_parity=True, p=0.0)
     assert expected_dedup_loss(args) == pytest.approx(1 - (31 / 32) ** 64)
-    exp_dir = design_bit_sequences("embedded", name="short", overrides={"bit_length": 5, "N": 3000, "val_size": 64})
+    exp_dir = design_check("bit_sequences", "embedded", name="short", overrides={"bit_length": 5, "N": 3000, "val_size": 64})
     assert "WARNING" in capsys.readouterr().err
     dataset_entries = [e for e in explog.read_log(exp_dir, "design") if e.action == "VERIFY_DATASET"]
     assert all("WARNING" in e.fields["Explanation"] and "87%" in e.fields["Explanation"] for e in dataset_entries)
 
 
 def test_existing_dataset_with_matching_provenance_is_reused(scratch, tmp_path):
-    from cruijff_kit.generate import write_dataset
+    from sanity_checks.bit_sequences.generator import write_dataset
 
     settings = load_settings()
-    plan = build_bit_sequences_plan("embedded", settings=settings, name="reuse",
+    plan = build_plan("bit_sequences", "embedded", settings=settings, name="reuse",
                                     overrides={"N": 300, "val_size": 20})
     run = plan.get_run("parity_run")
-    write_dataset(**run.dataset.generator.model_dump(), output=run.dataset.dataset_path(plan).name,
+    write_dataset(**run.dataset.args().model_dump(), output=run.dataset.dataset_path(plan).name,
                   output_dir=tmp_path / "data")
     exp_dir = write_experiment(plan, "test")
     results = {e.description: e.fields["Result"] for e in explog.read_log(exp_dir, "design")
@@ -178,7 +180,7 @@ def test_existing_dataset_with_matching_provenance_is_reused(scratch, tmp_path):
 
 def test_write_experiment_for_any_designer(scratch, tmp_path):
     settings = load_settings()
-    plan = build_bit_sequences_plan("embedded", settings=settings, name="llm_made")
+    plan = build_plan("bit_sequences", "embedded", settings=settings, name="llm_made")
     data = plan.model_dump(mode="json") | {
         "kind": "experiment", "experiment_dir": str(scratch / "ck-experiments" / "llm_made")}
     exp = Experiment.from_plan_dict(data)
@@ -194,7 +196,7 @@ def test_write_experiment_for_any_designer(scratch, tmp_path):
 
 
 def test_ck_log(scratch, capsys):
-    exp_dir = design_bit_sequences("embedded", name="logged")
+    exp_dir = design_check("bit_sequences", "embedded", name="logged")
     assert main(["log", str(exp_dir), "CHOOSE_NOISE", "p = 0.1 next to 0.5", "--result", "floors 0.325, 0.693",
                  "--explanation", "user asked"]) == 0
     assert main(["log", "logged", "SCAFFOLD_NOTE", "by name", "--log", "scaffold"]) == 0
@@ -218,12 +220,12 @@ def test_confirmation_only_on_a_terminal_and_without_yes(scratch, monkeypatch, c
     monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     answers.append("n")
     with pytest.raises(CkError, match="not written"):
-        design_bit_sequences("embedded", name="asked", yes=False, interactive=True)
+        design_check("bit_sequences", "embedded", name="asked", yes=False, interactive=True)
     assert not (scratch / "ck-sanity-checks" / "asked").exists()
     assert "parity_run" in capsys.readouterr().out  # the plan was shown before the question
     answers.append("")
-    assert design_bit_sequences("embedded", name="asked", yes=False, interactive=True).is_dir()
-    design_bit_sequences("embedded", name="not_asked", yes=True, interactive=True)  # --yes: input() not called
+    assert design_check("bit_sequences", "embedded", name="asked", yes=False, interactive=True).is_dir()
+    design_check("bit_sequences", "embedded", name="not_asked", yes=True, interactive=True)  # --yes: input() not called
     monkeypatch.setattr("sys.stdin.isatty", lambda: False)
-    design_bit_sequences("embedded", name="no_tty", yes=False, interactive=True)
+    design_check("bit_sequences", "embedded", name="no_tty", yes=False, interactive=True)
     assert answers == []

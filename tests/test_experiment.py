@@ -12,15 +12,14 @@ import yaml
 from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import (
     SUMMARY_NAME,
-    BitSequenceArgs,
     Experiment,
     Hyper,
     binary_entropy_nats,
-    expected_for,
     extract_plan_block,
     find_experiment_dir,
 )
 from cruijff_kit.markdown_sections import get_section, set_section
+from sanity_checks.bit_sequences.check import BitSequenceArgs, expected_for
 
 HYPER = {
     "epochs": 2, "batch_size": 16, "lora_rank": 4, "lr": 0.003, "num_warmup_steps": 10,
@@ -34,7 +33,7 @@ def plan_dict(tmp_path) -> dict:
         gen = BitSequenceArgs(bit_length=8, N=1000, val_size=64, bit_parity=parity, p=p, seed=3)
         return {
             "name": name,
-            "dataset": {"label": f"{name}_data", "ext": ".json", "generator": gen.model_dump()},
+            "dataset": {"label": f"{name}_data", "ext": ".json", "check": "bit_sequences", "generator": gen.model_dump()},
             "model": "ck-tiny-llama",
             "hyper": dict(HYPER),
             "compute": {"gpus": 0, "time": "00:10:00", "mem": "4G"},

@@ -17,7 +17,7 @@ import pytest
 
 from cruijff_kit.cli import main as ck_main
 from cruijff_kit.errors import CkError
-from cruijff_kit.generate import (
+from sanity_checks.bit_sequences.generator import (
     MAX_BIT_LENGTH,
     generate_bit_sequences,
     parse_bool,
@@ -264,8 +264,7 @@ def test_readme_command_verbatim_in_a_copied_checkout(tmp_path):
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO / "cruijff_kit", checkout / "cruijff_kit", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", checkout / "pyproject.toml")
-    (checkout / "sanity_checks" / "bit_sequences").mkdir(parents=True)
-    shutil.copy(SANITY_DIR / "generate.py", checkout / "sanity_checks" / "bit_sequences" / "generate.py")
+    shutil.copytree(REPO / "sanity_checks", checkout / "sanity_checks", ignore=shutil.ignore_patterns("__pycache__"))
     proc = _run_readme_command(README_PARITY, checkout / "sanity_checks" / "bit_sequences")
     assert proc.returncode == 0, proc.stderr
     written = checkout / "data" / "green" / "bit_sequences" / "parity.json"  # the default output dir

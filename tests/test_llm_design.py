@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anthropic_loopback import AnthropicLoopback, error, message, text_block, tool_use  # noqa: E402
 
 from cruijff_kit import explog  # noqa: E402
-from cruijff_kit.design import build_bit_sequences_plan, design_bit_sequences  # noqa: E402
+from cruijff_kit.design import build_plan, design_check  # noqa: E402
 from cruijff_kit.errors import CkError  # noqa: E402
 from cruijff_kit.experiment import Experiment  # noqa: E402
 from cruijff_kit.llm_design import (  # noqa: E402
@@ -31,6 +31,7 @@ from cruijff_kit.llm_design import (  # noqa: E402
     run_describe,
 )
 from cruijff_kit.settings import load_settings  # noqa: E402
+from sanity_checks.bit_sequences.check import BitSequenceArgs  # noqa: E402
 
 REQUEST = "compare parity and Bernoulli p=0.3 at bit lengths 8 and 12"
 PURPOSE = "Parity should be learned (loss to 0) and Bernoulli(0.3) should plateau at H(0.3), at 8 and 12 bits."
@@ -102,11 +103,11 @@ def test_valid_plan_is_written_like_the_flag_built_plan(api, tmp_path, capsys):
     llm_log = explog.read_log(llm_dir, "design")
     llm_dir.rename(llm_dir.with_name("compare_llm"))
 
-    flag_dir = design_bit_sequences(
+    flag_dir = design_check("bit_sequences", 
         "embedded", settings=load_settings(), name="compare",
         overrides={"bit_length": 8, "p": 0.3, "purpose": PURPOSE},
-        extra_runs=[{"name": "parity_L12", "labels": "parity", "bit_length": 12, "p": 0.0},
-                    {"name": "bernoulli_p03_L12", "labels": "bernoulli", "bit_length": 12, "p": 0.3}],
+        extra_runs=[{"name": "parity_L12", "bit_parity": True, "bit_length": 12, "p": 0.0},
+                    {"name": "bernoulli_p03_L12", "bit_parity": False, "bit_length": 12, "p": 0.3}],
     )
     assert flag_dir == llm_dir
     assert (flag_dir / "experiment_summary.md").read_text() == llm_summary
@@ -135,7 +136,7 @@ def test_schema_is_generated_from_the_plan_model():
     assert set(schema["properties"]) == {"purpose", "runs"} <= set(plan["properties"])
     assert schema["required"] == ["purpose", "runs"]
     generator = schema["$defs"]["BitSequenceArgs"]
-    assert generator["properties"] == plan["$defs"]["BitSequenceArgs"]["properties"]
+    assert generator["properties"] == BitSequenceArgs.model_json_schema()["properties"]
     assert set(generator["required"]) == {"bit_parity", "p"}
     run = schema["$defs"]["RunPlan"]
     assert set(run["properties"]) == set(plan["$defs"]["RunPlan"]["properties"]) - {"expected"}
@@ -146,7 +147,7 @@ def test_schema_is_generated_from_the_plan_model():
 
 def test_seed_preset_proposal_equals_the_seed_plan(api):
     """Left-out fields come from the preset exactly as the flag path fills them (seed file names included)."""
-    flag_plan = build_bit_sequences_plan("seed", settings=load_settings(), name="seed_check")
+    flag_plan = build_plan("bit_sequences", "seed", settings=load_settings(), name="seed_check")
     proposal = {"purpose": flag_plan.purpose, "runs": [
         {"name": "parity_run", "dataset": {"generator": {"bit_parity": True, "p": 0.0}}},
         {"name": "probabilistic_run", "dataset": {"generator": {"bit_parity": False, "p": 0.5}}},
@@ -180,7 +181,7 @@ def test_invalid_proposal_is_corrected_in_a_second_round(api, tmp_path):
     validations = [e for e in log if e.action == "LLM_VALIDATE"]
     assert [("invalid" in e.description) for e in validations] == [True, False]
     assert "runs[1].dataset.generator.p" in validations[0].fields["Result"]
-    assert Experiment.load(exp_dir).get_run("probabilistic_run").dataset.generator.p == 0.3
+    assert Experiment.load(exp_dir).get_run("probabilistic_run").dataset.args().p == 0.3
     assert_key_never_written(tmp_path)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cruijff_kit.generate import generate_bit_sequences
+from sanity_checks.bit_sequences.generator import generate_bit_sequences
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_MODULE = "cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_single_device_val"

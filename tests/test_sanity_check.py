@@ -13,6 +13,7 @@ import pytest
 from cruijff_kit.errors import CkError
 from cruijff_kit.sanity_check import choose_preset, fresh_experiment_name, normalize_check_name
 from cruijff_kit.settings import load_settings
+from sanity_checks.bit_sequences import CHECK as BITS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,12 +34,12 @@ def test_fresh_name_adds_a_suffix_when_todays_dir_exists(tmp_path):
 def test_preset_is_seed_only_on_a_cluster_with_the_real_model(tmp_path):
     models = tmp_path / "models"
     settings = _settings(tmp_path, models_dir=str(models))
-    assert choose_preset(settings, "local") == "embedded"
-    assert choose_preset(settings, "slurm") == "embedded"  # no model directory
+    assert choose_preset(BITS, settings, "local") == "embedded"
+    assert choose_preset(BITS, settings, "slurm") == "embedded"  # no model directory
     (models / "Llama-3.2-1B-Instruct").mkdir(parents=True)
     (models / "Llama-3.2-1B-Instruct" / "config.json").write_text("{}")
-    assert choose_preset(settings, "slurm") == "seed"
-    assert choose_preset(settings, "local") == "embedded"
+    assert choose_preset(BITS, settings, "slurm") == "seed"
+    assert choose_preset(BITS, settings, "local") == "embedded"
 
 
 def test_unknown_check_is_a_one_line_error():
@@ -88,5 +89,5 @@ def test_an_existing_explicit_name_is_refused_before_anything_runs(tmp_path):
         raise AssertionError("run_experiment was called")
 
     with pytest.raises(CkError, match="already exists"):
-        run_sanity_check(settings=settings, exp_name="mine", run_experiment=must_not_run)
+        run_sanity_check("bit_sequences", settings=settings, exp_name="mine", run_experiment=must_not_run)
     assert list(existing.iterdir()) == []

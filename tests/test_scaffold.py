@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from cruijff_kit import explog
-from cruijff_kit.experiment import BitSequenceArgs, Experiment, expected_for
-from cruijff_kit.generate import provenance_matches, write_dataset
+from cruijff_kit.experiment import Experiment
+from sanity_checks.bit_sequences.generator import provenance_matches, write_dataset
 from cruijff_kit.markdown_sections import get_section
 from cruijff_kit.scaffold import ScaffoldConflict, scaffold_experiment
 from cruijff_kit.settings import load_settings
+from sanity_checks.bit_sequences.check import BitSequenceArgs, expected_for
 
 SMALL = {"bit_length": 6, "N": 200, "val_size": 16, "seed": 42}
 

@@ -87,3 +87,12 @@ def test_every_skill_command_runs(tmp_path):
             assert proc.returncode == 0, f"{skill.parent.name}: `{cmd}` exited {proc.returncode}:\n{proc.stderr[-2000:]}"
             ran += 1
     assert ran >= 3
+
+
+def test_design_skill_lists_the_presets_as_ck_design_help_prints_them():
+    from cruijff_kit.checks import get_check
+    from cruijff_kit.commands.design import presets_text
+
+    text = (ROOT / ".claude" / "skills" / "design-experiment" / "SKILL.md").read_text()
+    blocks = re.findall(r"```text\n(presets:.*?)\n```", text, flags=re.S)
+    assert blocks == [presets_text(get_check("bit_sequences"))]

@@ -22,22 +22,29 @@ from cruijff_kit.summarize import (
     INCONCLUSIVE,
     PASS,
     Expectation,
-    data_facts,
     judge_run,
     read_jsonl,
     results_markdown,
     summarize_experiment,
 )
+from sanity_checks.bit_sequences.check import CHECK, BitSequenceArgs
+from sanity_checks.bit_sequences.verdict import data_facts
 
-PARITY = Expectation(kind="learnable", floor_nats=0.0, target_accuracy=0.99, bit_parity=True, p=0.0)
+def bits(parity: bool, p: float) -> BitSequenceArgs:
+    return BitSequenceArgs(bit_length=8, N=2000, val_size=64, bit_parity=parity, p=p)
+
+
+PARITY = Expectation(kind="learnable", floor_nats=0.0, target_accuracy=0.99, check=CHECK, args=bits(True, 0.0))
 
 
 def bernoulli(p: float) -> Expectation:
-    return Expectation(kind="floor", floor_nats=binary_entropy_nats(p), target_accuracy=max(p, 1 - p), bit_parity=False, p=p)
+    return Expectation(kind="floor", floor_nats=binary_entropy_nats(p), target_accuracy=max(p, 1 - p),
+                       check=CHECK, args=bits(False, p))
 
 
 def noisy_parity(p: float) -> Expectation:
-    return Expectation(kind="floor", floor_nats=binary_entropy_nats(p), target_accuracy=1 - p, bit_parity=True, p=p)
+    return Expectation(kind="floor", floor_nats=binary_entropy_nats(p), target_accuracy=1 - p,
+                       check=CHECK, args=bits(True, p))
 
 
 # --------------------------------------------------------------------------- synthetic files
@@ -231,7 +238,7 @@ def test_planted_fault_leak_is_flagged_for_parity():
     assert len(facts.leaked) == 10
     preds = make_predictions(data, lambda s: 0.999 if parity(s) == "1" else 0.001)
     summary = judge_run("parity_run", make_metrics(final=final_of(preds)), preds, data, PARITY)
-    assert any(w.startswith("leak: 10 validation string") for w in summary.warnings)
+    assert any(w.startswith("leak: 10 validation input") for w in summary.warnings)
     assert sorted(summary.leaked) == sorted(facts.leaked)
     assert summary.judged_examples == 54  # leaked strings do not count toward generalisation
 
@@ -311,12 +318,12 @@ def test_noisy_parity_near_one_minus_p_passes():
 
 def _write_experiment(tmp_path: Path, runs: dict[str, tuple[dict, list[dict] | None, list[dict] | None]]) -> Path:
     """An experiment dir with a real plan (built by design's plan builder) and synthetic run outputs."""
-    from cruijff_kit.design import build_bit_sequences_plan
+    from cruijff_kit.design import build_plan
     from cruijff_kit.settings import load_settings
 
     settings = load_settings({"scratch": str(tmp_path / "scratch"), "data_dir": str(tmp_path / "data")},
                              env={}, path=tmp_path / "settings.yaml")
-    exp = build_bit_sequences_plan("embedded", settings=settings, name="sanity_check_bit_sequences_test")
+    exp = build_plan("bit_sequences", "embedded", settings=settings, name="sanity_check_bit_sequences_test")
     exp_dir = Path(exp.experiment_dir)
     exp_dir.mkdir(parents=True)
     (exp_dir / "experiment_summary.md").write_text(
@@ -423,14 +430,14 @@ def test_planted_fault_real_training_with_validation_disabled_fails(tmp_path):
     must come out as FAIL "validation was not wired", while the untouched run is judged on its numbers."""
     import yaml
 
-    from cruijff_kit.design import design_bit_sequences
+    from cruijff_kit.design import design_check
     from cruijff_kit.monitor import run_experiment
     from cruijff_kit.scaffold import scaffold_experiment
     from cruijff_kit.settings import load_settings
 
     settings = load_settings({"scratch": str(tmp_path / "scratch"), "data_dir": str(tmp_path / "data")},
                              env={}, path=tmp_path / "settings.yaml")
-    exp_dir = design_bit_sequences("embedded", settings=settings, name="planted_no_val",
+    exp_dir = design_check("bit_sequences", "embedded", settings=settings, name="planted_no_val",
                                    overrides={"max_steps_per_epoch": 15, "log_every_n_steps": 5, "run_val_every_n_steps": 10})
     scaffold_experiment(exp_dir, settings=settings, progress=False)
     config_path = exp_dir / "parity_run" / "finetune.yaml"
@@ -494,3 +501,36 @@ def test_job_state_from_the_monitor_explains_or_defers_the_verdict(tmp_path):
     verdicts = {r.name: (r.verdict, r.reason) for r in result.runs}
     assert verdicts["parity_run"][0] == FAIL and "job local-1 FAILED, exit 1" in verdicts["parity_run"][1]
     assert verdicts["probabilistic_run"][0] == INCONCLUSIVE and "still RUNNING" in verdicts["probabilistic_run"][1]
+
+
+# --------------------------------------------------------------------------- verdicts that state their power
+
+
+@pytest.mark.parametrize("val_size, verdict", [(16, INCONCLUSIVE), (200, PASS)])
+def test_a_bernoulli_pass_on_too_few_rows_is_inconclusive(val_size, verdict):
+    """16 rows at p = 0.3 carry ~5 of the rarer label: the band is too wide for a PASS to mean anything."""
+    data = make_dataset(labels="bernoulli", p=0.3, n_train=3000, val_size=val_size, bit_length=12, seed=3)
+    p_train = data_facts(data).train_label_freq
+    preds = make_predictions(data, lambda s: p_train)
+    summary = judge_run("probabilistic_run", make_metrics(final=final_of(preds), n_val=val_size), preds, data,
+                        bernoulli(0.3))
+    assert summary.verdict == verdict, summary.reason
+    if verdict == INCONCLUSIVE:
+        assert "too small a validation set" in summary.reason and "val_size >= 67" in summary.reason
+    # the plot's target accuracy is the verdict's: the best accuracy for the observed label share
+    p_hat = data_facts(data).val_label_freq
+    assert summary.target_accuracy == pytest.approx(max(p_hat, 1 - p_hat))
+
+
+def test_design_warns_when_the_validation_set_cannot_tell(tmp_path):
+    from cruijff_kit.design import build_plan, verify
+    from cruijff_kit.settings import load_settings
+
+    settings = load_settings({"scratch": str(tmp_path)}, env={}, path=tmp_path / "s.yaml")
+    exp = build_plan("bit_sequences", "embedded", settings=settings, name="small",
+                     extra_runs=[{"name": "tiny_bern", "bit_parity": False, "p": 0.3, "val_size": 16, "N": 2000}])
+    checks = {c.description: c for c in verify(exp) if c.action == "VERIFY_DATASET"}
+    small = checks["dataset for tiny_bern"]
+    assert small.warning and "val_size >= 67" in small.explanation
+    assert not checks["dataset for probabilistic_run"].warning  # the preset's 64 rows at p = 0.5 are enough
+    assert not checks["dataset for parity_run"].warning

@@ -1,6 +1,7 @@
-"""`ck design TARGET`: plan an experiment and write experiment_summary.md + design-experiment.log.
+"""`ck design CHECK`: plan an experiment and write experiment_summary.md + design-experiment.log.
 
-Targets are subcommands; `bit-sequences` designs the bit-sequences sanity check from a preset.
+Targets are subcommands, one per registered sanity check (cruijff_kit.checks; `-` and `_` both
+accepted); each designs its check from a preset, with the check's own variables as flags.
 """
 
 from __future__ import annotations
@@ -20,12 +21,6 @@ SETTING_FLAGS = [
     ("--wandb-project", "wandb_project", {"metavar": "NAME", "help": "W&B project (default bit_sequences_YYYY-MM-DD)"}),
 ]
 VARIABLE_FLAGS = [
-    ("--bit-length", "bit_length", {"type": int, "metavar": "L", "help": "sequence length in every run (keep 2^L >> val size)"}),
-    ("--N", "N", {"type": int, "metavar": "N", "help": "examples per dataset, train + validation"}),
-    ("--val-size", "val_size", {"type": int, "metavar": "V", "help": "validation examples per dataset"}),
-    ("--p", "p", {"type": float, "metavar": "P", "help": "Bernoulli probability of label 1 in the probabilistic run(s)"}),
-    ("--noise", "noise", {"type": float, "metavar": "P", "help": "label-flip probability in the parity run(s) (default 0)"}),
-    ("--data-seed", "data_seed", {"type": int, "metavar": "S", "help": "generator seed"}),
     ("--model", "model", {"metavar": "NAME", "help": "ck-tiny-llama, Llama-3.2-1B-Instruct, or a directory under models_dir"}),
     ("--epochs", "epochs", {"type": int, "metavar": "E", "help": "training epochs"}),
     ("--batch-size", "batch_size", {"type": int, "metavar": "B"}),
@@ -47,13 +42,6 @@ VARIABLE_FLAGS = [
     ("--purpose", "purpose", {"metavar": "TEXT", "help": "one paragraph: what this experiment should show"}),
 ]
 
-ADD_RUN_HELP = (
-    "add a run: NAME:parity|bernoulli:BIT_LENGTH:P[:N[:VAL_SIZE]]. parity labels = parity of the bits, "
-    "flipped with probability P; bernoulli labels = 1 with probability P regardless of input. "
-    "N and VAL_SIZE default to the preset's. Repeatable. Example: --add-run noisy_parity:parity:8:0.1"
-)
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Plan an experiment: choose runs, verify the model, datasets and disk, then write "
@@ -63,46 +51,70 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from cruijff_kit.llm_design import add_describe_arguments
 
     add_describe_arguments(parser)
-    targets = parser.add_subparsers(dest="target", metavar="TARGET")
-    bits = targets.add_parser(
-        "bit-sequences",
-        help="the bit-sequences sanity check: a parity run (learnable) and a Bernoulli run (loss floor)",
+    targets = parser.add_subparsers(dest="target", metavar="CHECK")
+    from cruijff_kit.checks import registered
+
+    for check in registered().values():
+        _add_check_parser(targets, check)
+
+
+def presets_text(check) -> str:
+    """Every preset's model and runs, with the sizes the check reports for them (`Check.describe`)."""
+    lines = ["presets:"]
+    for name, preset in check.presets.items():
+        hyper = preset["hyper"]
+        lines.append(f"  {name}: model {preset['model']}, {hyper['epochs']} epochs, batch {hyper['batch_size']}, "
+                     f"{preset['compute']['gpus']} GPU(s)")
+        for run_name, args in preset["runs"].items():
+            cells = ", ".join(f"{k} {v}" for k, v in check.describe(check.Args(**args)).items())
+            lines.append(f"    {run_name}: {cells}")
+    return "\n".join(lines)
+
+
+def _add_check_parser(targets, check) -> None:
+    dashed = check.name.replace("_", "-")
+    presets = list(check.presets)
+    sub = targets.add_parser(
+        dashed, aliases=[check.name] if dashed != check.name else [],
+        help=check.title or f"the {check.name} sanity check",
         description=textwrap.fill(
-            "Design the bit-sequences sanity check from a preset. `seed` reproduces the original "
-            "(Llama-3.2-1B-Instruct, 15 bits, 33000 examples, 10 epochs, 1 GPU per run); `embedded` uses the "
-            "tiny built-in model on CPU. A parity run (learnable: answer loss -> 0) and a Bernoulli(0.5) run "
-            "(loss floor ln 2) by default. Variable flags below change every run; --add-run adds runs. "
-            "Asks for confirmation on a terminal unless --yes.", 88),
-        epilog="examples:\n"
-        "  ck design bit-sequences --preset embedded --yes\n"
-        "  ck design bit-sequences --preset seed --scratch /scratch/gpfs/$USER --yes\n"
-        "  ck design bit-sequences --bit-length 12 --p 0.3 --add-run noisy:parity:12:0.1 --name noise_study --yes",
+            f"Design the {check.name} sanity check from a preset ({', '.join(presets)}; default "
+            f"{check.default_preset}). {check.title}. Variable flags below change every run"
+            + ("; --add-run adds runs" if check.add_run_help else "") + ". Asks for confirmation on a terminal unless --yes.", 88),
+        epilog=presets_text(check) + "\n\nexamples:\n"
+        f"  ck design {dashed} --preset {check.default_preset} --yes\n"
+        f"  ck design {dashed} --name my_check --scratch /scratch/gpfs/$USER --yes",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    bits.add_argument("--preset", choices=["seed", "embedded"], default="embedded",
-                      help="starting sizes (default embedded)")
-    bits.add_argument("--name", help="experiment name (default sanity_check_bit_sequences_YYYY-MM-DD)")
-    bits.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-    bits.add_argument("--force", action="store_true",
-                      help="replace an existing plan of the same name (its Jobs and Results sections are kept)")
-    where = bits.add_argument_group("where things go (override settings; see `ck config show`)")
+    sub.add_argument("--preset", choices=presets, default=check.default_preset,
+                     help=f"starting sizes (default {check.default_preset})")
+    sub.add_argument("--name", help=f"experiment name (default sanity_check_{check.name}_YYYY-MM-DD)")
+    sub.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    sub.add_argument("--force", action="store_true",
+                     help="replace an existing plan of the same name (its Jobs and Results sections are kept)")
+    where = sub.add_argument_group("where things go (override settings; see `ck config show`)")
     for flag, dest, kw in SETTING_FLAGS:
         where.add_argument(flag, dest=dest, **kw)
-    variables = bits.add_argument_group("variables (applied to every run)")
-    for flag, dest, kw in VARIABLE_FLAGS:
+    variables = sub.add_argument_group("variables (applied to every run)")
+    for flag, dest, kw in check.options() + VARIABLE_FLAGS:
         variables.add_argument(flag, dest=dest, **kw)
-    variables.add_argument("--add-run", dest="add_run", action="append", default=[], metavar="SPEC", help=ADD_RUN_HELP)
+    if check.add_run_help:
+        variables.add_argument("--add-run", dest="add_run", action="append", default=[], metavar="SPEC",
+                               help=check.add_run_help)
+    sub.set_defaults(check=check.name)
 
 
 def command_line(args: argparse.Namespace) -> str:
+    from cruijff_kit.checks import get_check
+
     words = ["ck", "design", args.target, "--preset", args.preset]
     if args.name:
         words += ["--name", args.name]
-    for flag, dest, _ in SETTING_FLAGS + VARIABLE_FLAGS:
+    for flag, dest, _ in SETTING_FLAGS + get_check(args.check).options() + VARIABLE_FLAGS:
         value = getattr(args, dest, None)
         if value is not None:
             words += [flag, str(value)]
-    for spec in args.add_run:
+    for spec in getattr(args, "add_run", []):
         words += ["--add-run", spec]
     words += [f for f, on in (("--yes", args.yes), ("--force", args.force)) if on]
     return shlex.join(words)
@@ -113,22 +125,27 @@ def run(args: argparse.Namespace) -> int:
         from cruijff_kit.llm_design import run_describe
 
         return run_describe(args)
-    if args.target != "bit-sequences":
-        print("ck design: choose a target, e.g. `ck design bit-sequences --preset embedded --yes` "
-              "(`ck design bit-sequences --help` lists the flags)", file=sys.stderr)
+    if not getattr(args, "target", None):
+        from cruijff_kit.checks import check_names
+
+        print(f"ck design: choose a check ({', '.join(n.replace('_', '-') for n in check_names())}), e.g. `ck design CHECK --yes` "
+              "(`ck design CHECK --help` lists its flags)", file=sys.stderr)
         return 2
-    from cruijff_kit.design import design_bit_sequences, parse_add_run, runs_table, written_message
+    from cruijff_kit.checks import get_check
+    from cruijff_kit.design import design_check, runs_table, written_message
     from cruijff_kit.experiment import Experiment
     from cruijff_kit.settings import load_settings
 
+    check = get_check(args.check)
     settings = load_settings({dest: getattr(args, dest) for _, dest, _ in SETTING_FLAGS})
-    overrides = {dest: getattr(args, dest) for _, dest, _ in VARIABLE_FLAGS}
+    overrides = {dest: getattr(args, dest) for _, dest, _ in check.options() + VARIABLE_FLAGS}
     if overrides["train_on_input"] is not None:
         overrides["train_on_input"] = overrides["train_on_input"] == "true"
     if args.name is not None and not args.name.strip():
         raise CkError("--name", args.name, "empty name", "omit --name for the dated default")
-    exp_dir = design_bit_sequences(
-        args.preset, settings=settings, name=args.name, extra_runs=[parse_add_run(s) for s in args.add_run],
+    exp_dir = design_check(
+        check, args.preset, settings=settings, name=args.name,
+        extra_runs=[check.parse_add_run(s) for s in getattr(args, "add_run", [])],
         overrides=overrides, yes=args.yes, interactive=not args.yes, command_line=command_line(args),
         force=args.force,
     )

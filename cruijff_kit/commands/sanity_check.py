@@ -1,30 +1,35 @@
-"""`ck sanity-check bit_sequences`: design -> scaffold -> run -> summarize in one command."""
+"""`ck sanity-check CHECK`: design -> scaffold -> run -> summarize in one command, for any registered check."""
 
 from __future__ import annotations
 
 import argparse
 
-from cruijff_kit.presets import PRESETS
 from cruijff_kit.settings import EXECUTORS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from cruijff_kit.checks import registered
+
+    checks = registered()
     parser.description = (
         "Run a sanity check end to end: design the experiment, scaffold its run directories (generating "
-        "the datasets and, for the embedded preset, the tiny model), run every job until it ends, then "
+        "the datasets and, for the embedded model, the tiny model), run every job until it ends, then "
         "summarize: numbers, plots and a PASS/FAIL/INCONCLUSIVE verdict per run. Exit status 0 only when "
         "every run is PASS."
     )
+    presets = sorted({p for c in checks.values() for p in c.presets})
     parser.epilog = (
-        "The preset defaults to `embedded` (tiny built-in model, CPU, about a minute) unless the executor is "
-        "slurm and Llama-3.2-1B-Instruct is under models_dir, then `seed` (the original check). Each call makes "
-        "a fresh experiment dir <scratch>/ck-sanity-checks/sanity_check_bit_sequences_YYYY-MM-DD[_2, _3, ...] "
-        "unless --name is given. Example: ck sanity-check bit_sequences --scratch /tmp/ck"
+        "The preset defaults to the check's default (embedded: tiny built-in model, CPU, about a minute) unless "
+        "the executor is slurm and the model of the check's cluster preset is under models_dir. Each call makes "
+        "a fresh experiment dir <scratch>/ck-sanity-checks/sanity_check_<check>_YYYY-MM-DD[_2, _3, ...] unless "
+        f"--name is given. Registered checks: {', '.join(checks) or '(none)'}. "
+        "Example: ck sanity-check CHECK --scratch /tmp/ck"
     )
-    parser.add_argument("check", metavar="CHECK", choices=["bit_sequences", "bit-sequences"],
-                        help="which sanity check: bit_sequences")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                        help="embedded (tiny model, CPU) or seed (Llama-3.2-1B-Instruct, GPU cluster); default: see below")
+    names = [n for c in checks for n in dict.fromkeys((c, c.replace("_", "-")))]
+    parser.add_argument("check", metavar="CHECK", choices=names,
+                        help=f"which sanity check: {', '.join(checks)} (- and _ both accepted)")
+    parser.add_argument("--preset", choices=presets, default=None,
+                        help=f"one of the check's presets ({', '.join(presets)}); default: see below")
     parser.add_argument("--executor", choices=EXECUTORS, default=None,
                         help="local (subprocesses) or slurm (sbatch); default: the executor setting (local)")
     parser.add_argument("--scratch", metavar="DIR", default=None,

@@ -9,6 +9,12 @@ import textwrap
 from cruijff_kit.summarize import PLOTS_DIR, RESULTS_HEADING, SUMMARY_JSON, summarize_experiment, verdict_table
 
 
+def _checks():
+    from cruijff_kit.checks import registered
+
+    return registered().values()
+
+
 def _paragraphs(text: str) -> str:
     return "\n\n".join(textwrap.fill(p, width=88) for p in text.split("\n\n"))
 
@@ -29,12 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "Reads <output_dir>/logs/metrics.jsonl and val_predictions.jsonl of each run and the run's dataset. "
         f"Writes {PLOTS_DIR}/<run>.png, {PLOTS_DIR}/comparison.png, {SUMMARY_JSON} and the ## {RESULTS_HEADING} "
         "section of experiment_summary.md. Exit status 0 only when every run is PASS, 1 otherwise.\n\n"
-        "Verdicts (answer-token loss in nats; full rules in the docstring of cruijff_kit/summarize.py): "
-        "parity runs PASS at validation accuracy >= 0.99 on the strings whose parity can be inferred from "
-        "training; Bernoulli(p) runs PASS when the validation loss is within about 2 standard errors of "
-        "H(p-hat), p-hat being the validation split's label frequency, and FAIL below it (information leaked); "
-        "noisy parity PASSes near accuracy 1-p-hat and loss H(p-hat). Short of the goal: INCONCLUSIVE while the "
-        "loss was still falling (train longer), else FAIL. No validation rows or no metrics: FAIL."
+        "Verdicts (answer-token loss in nats; generic rules in the docstring of cruijff_kit/summarize.py): a "
+        "learnable run PASSes at validation accuracy >= its target, a floor run when its loss is within about "
+        "2 standard errors of its floor (below it: FAIL, information leaked). Short of the goal: INCONCLUSIVE "
+        "while the loss was still falling (train longer), else FAIL. No validation rows or no metrics: FAIL."
+        + "".join(f"\n\n{c.name}: {c.verdict_rules}" for c in _checks() if c.verdict_rules)
     )
 
 

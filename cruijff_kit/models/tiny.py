@@ -17,8 +17,8 @@ dimensions, `TINY_DIMS` below being the single source of truth for both the file
 `lora_tiny_llama`, the model `_component_` of finetune.yaml.
 
 The base weights are random (normal, std `INIT_STD` = 0.3, see there), deterministic from a seed,
-except the key projections, which are zero (`ZERO_INIT`: uniform causal attention, so parity is learned
-as a function of the count of ones).
+except the key projections, which are zero (`ZERO_INIT`: uniform causal attention, so the built-in check's
+label rule, the count of ones mod 2, is learned as a function of the count of ones).
 """
 
 from __future__ import annotations
@@ -85,15 +85,15 @@ TINY_DIMS = {
     "scale_factor": 32,
 }
 # The initialisation is chosen so the sanity check is learnable. With rank-8 LoRA at lr 3e-3 (the embedded
-# preset), 8-bit parity behind the chat template (train_on_input False) generalised to every held-out string
+# preset), the built-in check's 8-bit mod-2 rule behind the chat template (train_on_input False) generalised to every held-out string
 # by step 250-550 at std 0.3, for 10 of 10 (training seed, data seed) pairs on base seed 0 and for base seeds
 # 1-4 (0.5 learned as well); at std 0.1 it stayed at chance (535 steps at lr 3e-3, 1070 at 1e-2), and
 # Llama's own 0.02 never learned it. A larger std gives the frozen MLPs sharper random features of the count
-# of ones, from which the LoRA updates assemble parity.
+# of ones, from which the LoRA updates assemble the rule.
 INIT_STD = 0.3
 # Zero key projections make every attention score 0: each position attends uniformly to its prefix, so
 # the model sees the input bits as a bag of tokens and the only thing it can learn about a bit string is
-# its count of ones. Parity then generalises to held-out strings whose count occurs in training (the
+# its count of ones. The mod-2 rule then generalises to held-out strings whose count occurs in training (the
 # check's criterion) instead of being memorised string by string, which is what a random attention
 # pattern led to in our measurements. LoRA is not applied to k_proj, so this holds during fine-tuning.
 ZERO_INIT = ("attn.k_proj.weight",)

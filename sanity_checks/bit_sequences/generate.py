@@ -10,13 +10,14 @@ import argparse
 import sys
 from pathlib import Path
 
-# Use the package of the checkout this script lives in (also when cruijff_kit is not installed).
+# Run by path, this directory is sys.path[0]: put the checkout first so that the packages
+# `sanity_checks` and `cruijff_kit` are the ones beside this file (also when not installed).
 _CHECKOUT = Path(__file__).resolve().parents[2]
-if (_CHECKOUT / "cruijff_kit" / "__init__.py").is_file() and str(_CHECKOUT) not in sys.path:
+if (_CHECKOUT / "sanity_checks" / "__init__.py").is_file() and str(_CHECKOUT) not in sys.path:
     sys.path.insert(0, str(_CHECKOUT))
 
-from cruijff_kit.commands.generate import add_bit_sequence_flags, run  # noqa: E402
 from cruijff_kit.errors import CkError  # noqa: E402
+from sanity_checks.bit_sequences.cli import add_bit_sequence_flags, run  # noqa: E402
 
 
 def main(argv=None) -> int:

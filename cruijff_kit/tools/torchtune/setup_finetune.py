@@ -2,7 +2,7 @@
 
 Library:
 
-    result = render_run({"dataset_label": "parity", "epochs": 3, ...}, run_dir)   # or a yaml path / None
+    result = render_run({"dataset_label": "my_data", "epochs": 3, ...}, run_dir)   # or a yaml path / None
     result.output_dir, result.files["finetune.slurm"], result.changed
 
 Command line, from a run directory (the seed README's `python ../../tools/torchtune/setup_finetune.py`):

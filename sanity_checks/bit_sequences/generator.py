@@ -39,7 +39,7 @@ from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_bytes, atomic_write_json, existing_ancestor
 from cruijff_kit.paths import default_data_dir
 
-GENERATOR_NAME = "cruijff_kit.generate.bit_sequences"
+GENERATOR_NAME = "cruijff_kit.generate.bit_sequences"  # recorded in provenance files: kept so existing datasets are reused
 # Bump when the bytes written for the same arguments change; provenance records name it.
 GENERATOR_VERSION = "1"
 MAX_BIT_LENGTH = 63
