@@ -41,7 +41,7 @@ import yaml
 from cruijff_kit import run_config
 from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_text
-from cruijff_kit.run_config import (DEFAULT_RECIPE, FIELDS, SETUP_FILE, RunConfig, model_spec, output_dir, resolve,
+from cruijff_kit.run_config import (DEFAULT_RECIPE, SETUP_FILE, RunConfig, model_spec, output_dir, resolve,
                                     settings_environment, validate_given)
 
 FINETUNE_YAML = "finetune.yaml"
