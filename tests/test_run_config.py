@@ -25,6 +25,7 @@ from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import Compute, Hyper
 from cruijff_kit.settings import load_settings
 from cruijff_kit.tools.torchtune import setup_finetune as sf
+from test_setup_finetune import SEED_EXAMPLE  # the seed README's example, verbatim
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDERER = [sys.executable, "-m", "cruijff_kit.tools.torchtune.setup_finetune"]
@@ -387,3 +388,34 @@ def test_in_bounds_values_render_valid_files(tmp_path, settings, setup):
     tt_config.validate(cfg)  # what `tune validate` runs (the CLI itself: test_rendered_configs_pass_tune_validate)
     rc.check_finetune_config(cfg)
     assert cfg.epochs == setup["epochs"] and cfg.model.lora_alpha == 2 * setup["lora_rank"]
+
+
+# ------------------------------------------------------------------ the recipe runs on what the seed's commands render
+
+
+@pytest.mark.training
+def test_seed_readme_yaml_plus_flags_render_a_run_the_recipe_completes(tmp_path):
+    """The seed README's setup_finetune.yaml as printed, rendered by path like the original, with flags for
+    what this machine needs (the tiny model on a CPU, a short run); then `bash finetune.slurm` trains."""
+    from cruijff_kit.generate import generate_bit_sequences
+    from cruijff_kit.models.tiny import build_tiny_model
+
+    build_tiny_model(tmp_path / "scratch" / "models", seed=0)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "parity.json").write_text(json.dumps(generate_bit_sequences(6, 120, 20, True, 0.0, 7)))
+    run_dir = tmp_path / "scratch" / "ck-sanity-checks" / "sanity_check_bit_sequences_2025-10-28" / "parity_run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "setup_finetune.yaml").write_text(SEED_EXAMPLE)
+    env = isolated_env(tmp_path)
+    env["CK_VENV"] = sys.prefix if sys.prefix != sys.base_prefix else ""
+    script = ROOT / "cruijff_kit" / "tools" / "torchtune" / "setup_finetune.py"
+    proc = subprocess.run([sys.executable, str(script), "--torchtune_model_name", "ck-tiny-llama", "--epochs", "1",
+                           "--max_steps_per_epoch", "2", "--run_val_every_n_steps", "1", "--max_val_batches", "1"],
+                          cwd=run_dir, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "scratch" / "ck-outputs" / "sanity_check_bit_sequences_2025-10-28" / "ck-out-parity_run"
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    proc = subprocess.run(["bash", "finetune.slurm"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    events = [json.loads(line)["event"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert "val" in events and events[-1] == "end"
