@@ -419,3 +419,19 @@ def test_seed_readme_yaml_plus_flags_render_a_run_the_recipe_completes(tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     events = [json.loads(line)["event"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert "val" in events and events[-1] == "end"
+
+
+@pytest.mark.parametrize("output_root", ["out/plan_test", "elsewhere/custom_outputs"])
+def test_scaffold_setup_lands_where_the_plan_says(tmp_path, settings, output_root):
+    """ck scaffold writes output_dir_base + experiment_name so the renderer's layout gives the plan's output dir."""
+    from test_experiment import plan_dict
+
+    from cruijff_kit.experiment import Experiment
+    from cruijff_kit.scaffold import setup_for_run
+
+    exp = Experiment.from_plan_dict({**plan_dict(tmp_path), "output_root": str(tmp_path / output_root)})
+    run = exp.runs[0]
+    setup = setup_for_run(exp, run, settings)
+    assert setup["experiment_name"] == ("plan_test" if output_root.endswith("plan_test") else "")
+    result = sf.render_run(setup, exp.run_dir(run.name), settings=settings, write=False)
+    assert result.output_dir == exp.run_output_dir(run.name)

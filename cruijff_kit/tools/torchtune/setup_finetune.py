@@ -363,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
         group = groups.setdefault(entry["group"], parser.add_argument_group(f"keys: {entry['group']}"))
         flags = [f"--{entry['name']}"] + [f"--{alias}" for alias in entry["aliases"]]
         limits = "".join(f" {s} {v}" for s, v in entry["bounds"].items())
-        group.add_argument(*flags, dest=entry["name"], default=argparse.SUPPRESS,
-                           metavar=entry["type"].upper().replace("|", "_"),
+        metavar = entry["type"].upper().replace("|", "_")
+        if entry["type"] == "choice":
+            metavar = "{" + ",".join(run_config.FIELDS[entry["name"]].annotation.__args__) + "}"
+        group.add_argument(*flags, dest=entry["name"], default=argparse.SUPPRESS, metavar=metavar,
                            help=f"{entry['help']}{f' ({limits.strip()})' if limits else ''} "
                                 f"(default: {entry['default']})".replace("%", "%%"))
     return parser
