@@ -350,6 +350,7 @@ _FIXES = {
     "models_dir": "an absolute path", "data_dir": "an absolute path",
     "floor_nats": "a number of nats >= 0", "target_accuracy": "null or a number between 0 and 1",
     "runs": "a list with at least one run",
+    "model": "a model name of the registry, e.g. ck-tiny-llama",
     "ext": ".json",
 }
 

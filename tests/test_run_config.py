@@ -25,6 +25,7 @@ from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import Compute, Hyper
 from cruijff_kit.settings import load_settings
 from cruijff_kit.tools.torchtune import setup_finetune as sf
+from test_setup_finetune import SEED_EXAMPLE  # the seed README's example, verbatim
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDERER = [sys.executable, "-m", "cruijff_kit.tools.torchtune.setup_finetune"]
@@ -217,6 +218,9 @@ def test_unknown_and_duplicated_keys(tmp_path, settings):
     (run_dir / "setup_finetune.yaml").write_text("dataset_label: d\nepochs: 2\nepochs: 3\n")
     proc = cli([], run_dir, tmp_path)
     assert proc.returncode == 2 and "epochs='line 3': given twice" in proc.stderr and "Traceback" not in proc.stderr
+    (run_dir / "setup_finetune.yaml").write_bytes(b"dataset_label: \xff\xfe\n")
+    with pytest.raises(CkError, match="not UTF-8"):
+        sf.render_run(None, run_dir, settings=settings, write=False)
 
 
 # ------------------------------------------------------------------ one truth: plan, renderer, ck keys
@@ -384,3 +388,50 @@ def test_in_bounds_values_render_valid_files(tmp_path, settings, setup):
     tt_config.validate(cfg)  # what `tune validate` runs (the CLI itself: test_rendered_configs_pass_tune_validate)
     rc.check_finetune_config(cfg)
     assert cfg.epochs == setup["epochs"] and cfg.model.lora_alpha == 2 * setup["lora_rank"]
+
+
+# ------------------------------------------------------------------ the recipe runs on what the seed's commands render
+
+
+@pytest.mark.training
+def test_seed_readme_yaml_plus_flags_render_a_run_the_recipe_completes(tmp_path):
+    """The seed README's setup_finetune.yaml as printed, rendered by path like the original, with flags for
+    what this machine needs (the tiny model on a CPU, a short run); then `bash finetune.slurm` trains."""
+    from cruijff_kit.generate import generate_bit_sequences
+    from cruijff_kit.models.tiny import build_tiny_model
+
+    build_tiny_model(tmp_path / "scratch" / "models", seed=0)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "parity.json").write_text(json.dumps(generate_bit_sequences(6, 120, 20, True, 0.0, 7)))
+    run_dir = tmp_path / "scratch" / "ck-sanity-checks" / "sanity_check_bit_sequences_2025-10-28" / "parity_run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "setup_finetune.yaml").write_text(SEED_EXAMPLE)
+    env = isolated_env(tmp_path)
+    env["CK_VENV"] = sys.prefix if sys.prefix != sys.base_prefix else ""
+    script = ROOT / "cruijff_kit" / "tools" / "torchtune" / "setup_finetune.py"
+    proc = subprocess.run([sys.executable, str(script), "--torchtune_model_name", "ck-tiny-llama", "--epochs", "1",
+                           "--max_steps_per_epoch", "2", "--run_val_every_n_steps", "1", "--max_val_batches", "1"],
+                          cwd=run_dir, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "scratch" / "ck-outputs" / "sanity_check_bit_sequences_2025-10-28" / "ck-out-parity_run"
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    proc = subprocess.run(["bash", "finetune.slurm"], cwd=run_dir, env=env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    events = [json.loads(line)["event"] for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert "val" in events and events[-1] == "end"
+
+
+@pytest.mark.parametrize("output_root", ["out/plan_test", "elsewhere/custom_outputs"])
+def test_scaffold_setup_lands_where_the_plan_says(tmp_path, settings, output_root):
+    """ck scaffold writes output_dir_base + experiment_name so the renderer's layout gives the plan's output dir."""
+    from test_experiment import plan_dict
+
+    from cruijff_kit.experiment import Experiment
+    from cruijff_kit.scaffold import setup_for_run
+
+    exp = Experiment.from_plan_dict({**plan_dict(tmp_path), "output_root": str(tmp_path / output_root)})
+    run = exp.runs[0]
+    setup = setup_for_run(exp, run, settings)
+    assert setup["experiment_name"] == ("plan_test" if output_root.endswith("plan_test") else "")
+    result = sf.render_run(setup, exp.run_dir(run.name), settings=settings, write=False)
+    assert result.output_dir == exp.run_output_dir(run.name)

@@ -41,7 +41,7 @@ import yaml
 from cruijff_kit import run_config
 from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_text
-from cruijff_kit.run_config import (DEFAULT_RECIPE, FIELDS, SETUP_FILE, RunConfig, model_spec, output_dir, resolve,
+from cruijff_kit.run_config import (DEFAULT_RECIPE, SETUP_FILE, RunConfig, model_spec, output_dir, resolve,
                                     settings_environment, validate_given)
 
 FINETUNE_YAML = "finetune.yaml"
@@ -363,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
         group = groups.setdefault(entry["group"], parser.add_argument_group(f"keys: {entry['group']}"))
         flags = [f"--{entry['name']}"] + [f"--{alias}" for alias in entry["aliases"]]
         limits = "".join(f" {s} {v}" for s, v in entry["bounds"].items())
-        group.add_argument(*flags, dest=entry["name"], default=argparse.SUPPRESS,
-                           metavar=entry["type"].upper().replace("|", "_"),
+        metavar = entry["type"].upper().replace("|", "_")
+        if entry["type"] == "choice":
+            metavar = "{" + ",".join(run_config.FIELDS[entry["name"]].annotation.__args__) + "}"
+        group.add_argument(*flags, dest=entry["name"], default=argparse.SUPPRESS, metavar=metavar,
                            help=f"{entry['help']}{f' ({limits.strip()})' if limits else ''} "
                                 f"(default: {entry['default']})".replace("%", "%%"))
     return parser
