@@ -397,7 +397,7 @@ def test_in_bounds_values_render_valid_files(tmp_path, settings, setup):
 def test_seed_readme_yaml_plus_flags_render_a_run_the_recipe_completes(tmp_path):
     """The seed README's setup_finetune.yaml as printed, rendered by path like the original, with flags for
     what this machine needs (the tiny model on a CPU, a short run); then `bash finetune.slurm` trains."""
-    from cruijff_kit.generate import generate_bit_sequences
+    from sanity_checks.bit_sequences.generator import generate_bit_sequences
     from cruijff_kit.models.tiny import build_tiny_model
 
     build_tiny_model(tmp_path / "scratch" / "models", seed=0)
