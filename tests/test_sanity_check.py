@@ -75,7 +75,6 @@ def test_sanity_check_end_to_end_passes(tmp_path):
     for png in ["parity_run.png", "probabilistic_run.png", "comparison.png"]:
         assert (exp_dir / "plots" / png).stat().st_size > 5000
     assert "## Results" in (exp_dir / "experiment_summary.md").read_text()
-    assert wall < 120, f"took {wall:.1f} s"
 
 
 def test_an_existing_explicit_name_is_refused_before_anything_runs(tmp_path):
