@@ -135,7 +135,7 @@ def test_submission_interrupted_before_its_job_id_was_recorded_is_not_repeated(k
         make_run(exp, name, f"echo ran >> {tmp_path}/{name}_runs")
     executor = LocalExecutor(exp / LOCAL_STATE_DIR) if kind == "local" else SlurmExecutor()
     t0 = time.time()
-    job_a = executor.submit(exp / "a")  # submitted, then the monitor was killed before recording it;
+    job_a = executor.submit(exp / "a").id  # submitted, then the monitor was killed before recording it;
     (exp / STATE_NAME).write_text(json.dumps({"version": 1, "executor": kind, "runs": {  # b: killed before sbatch
         "a": {"submit_intent": t0}, "b": {"submit_intent": t0}}}))
     final = run_experiment(exp, executor=kind, poll=0.2, live=False, out=io.StringIO())
@@ -152,7 +152,7 @@ def test_submission_intent_is_saved_before_the_scheduler_is_asked(tmp_path, monk
     executor = LocalExecutor(exp / LOCAL_STATE_DIR)
     seen = []
     real_submit = executor.submit
-    monkeypatch.setattr(executor, "submit", lambda run_dir: seen.append(read_state(exp)["a"]) or real_submit(run_dir))
+    monkeypatch.setattr(executor, "submit", lambda run_dir, run=None: seen.append(read_state(exp)["a"]) or real_submit(run_dir, run))
     assert run_experiment(exp, executor=executor, poll=0.2, live=False, out=io.StringIO()) == {"a": "COMPLETED"}
     assert seen[0]["submit_intent"] is not None and seen[0]["job_id"] is None
     assert read_state(exp)["a"]["submit_intent"] is None

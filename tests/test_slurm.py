@@ -90,11 +90,12 @@ def test_sbatch_refusal_is_submit_failed_with_its_message(tmp_path, capsys):
 
 def test_sacct_completion_file_answers_for_jobs_the_controller_forgot(tmp_path):
     executor = SlurmExecutor()
-    job_id = executor.submit(make_run(tmp_path / "exp", "bye", "exit 4"))
+    job_id = executor.submit(make_run(tmp_path / "exp", "bye", "sleep 1\nexit 4")).id
     assert wait_terminal(executor, [job_id])[job_id].state == "FAILED"
     # squeue keeps a job for MinJobAge; after that only sacct knows it. Ask sacct directly:
     info = executor._sacct([job_id])[job_id]
     assert (info.state, info.exit_code) == ("FAILED", 4)
+    assert info.ended_at - info.started_at >= 1  # the completion file has the start and end times
     assert executor._sacct_mode == "jobcomp"  # no accounting database: `sacct -c`
 
 
