@@ -1,7 +1,7 @@
 """Where jobs run: one interface, two executors, and the Job both return.
 
     executor = make_executor("slurm")                # or LocalExecutor(state_dir, max_jobs=2)
-    executor.preflight()                             # SLURM: the controller answers (one call), else CkError
+    executor.preflight()                             # before submitting: SLURM's controller answers (one call), else CkError
     job = executor.submit(run_dir)                   # runs <run_dir>/finetune.slurm; SubmitError if refused
     job.id, job.executor, job.run, job.log           # job.log: its stdout+stderr file (#SBATCH --output)
     job.state()                                      # our state name (job.status() for exit code, times, reason)
@@ -240,8 +240,11 @@ class Executor(ABC):
         and recording its id looks for before submitting again. One query for all directories."""
 
     def preflight(self) -> None:
-        """Check, before anything is submitted or recorded, that jobs can be submitted and watched;
+        """Check, before anything is submitted or recorded, that jobs can be submitted;
         CkError (one line with the fix) if not."""
+
+    def resume_queue(self) -> None:
+        """Make sure submitted jobs move on (a monitor calls it when it starts or reattaches)."""
 
     def job(self, job_id: str, run_dir: Path, run: str | None = None) -> Job:
         return Job(str(job_id), self, run or Path(run_dir).name, Path(run_dir))
@@ -594,7 +597,7 @@ class LocalExecutor(Executor):
                 self._refresh(job)
         self.ensure_supervisor()
 
-    def preflight(self) -> None:
+    def resume_queue(self) -> None:
         """Restart the supervisor if jobs wait for one (it died, or the machine restarted)."""
         self.ensure_supervisor()
 

@@ -613,7 +613,9 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
         raise CkError("executor", executor_obj.name, f"these jobs were submitted with the {state.executor} executor",
                       f"use --executor {state.executor}")
     monitor.check_rerun(rerun or [])
-    executor_obj.preflight()  # nothing is recorded before the scheduler answers
+    if monitor.unsubmitted() or rerun:
+        executor_obj.preflight()  # nothing is recorded before the scheduler answers
+    executor_obj.resume_queue()
     state.executor = executor_obj.name
     monitor.recover_interrupted_submissions()
     if rerun:
