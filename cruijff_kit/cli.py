@@ -71,13 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         verb = None
     try:
         try:
-            parser = build_parser(verb)
-        except NotBuiltYet as exc:
-            print(f"ck {exc}: not built yet in this version of cruijff_kit", file=sys.stderr)
-            return 3
-        args = parser.parse_args(argv)
-        args.command_line = shlex.join(["ck", *argv])  # what the run log records as the command
-        return int(_load(args.verb).run(args) or 0)
+            return _run_verb(verb, argv)
+        finally:
+            sys.stdout.flush()  # a reader that has gone shows up here, not in Python's exit
     except CkError as err:
         print(f"{_prog(verb)}: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -87,6 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _drop_stdout()
         return EXIT_BROKEN_PIPE
+
+
+def _run_verb(verb: str | None, argv: list[str]) -> int:
+    try:
+        parser = build_parser(verb)
+    except NotBuiltYet as exc:
+        print(f"ck {exc}: not built yet in this version of cruijff_kit", file=sys.stderr)
+        return 3
+    args = parser.parse_args(argv)
+    args.command_line = shlex.join(["ck", *argv])  # what the run log records as the command
+    return int(_load(args.verb).run(args) or 0)
 
 
 def _prog(verb: str | None) -> str:

@@ -242,6 +242,55 @@ def test_detach_then_status_then_resume(tmp_path, capsys, monkeypatch):
     assert actions(exp).count("SUBMIT_JOB") == 1 and {"DETACH", "RESUME", "ALL_COMPLETE"} <= set(actions(exp))
 
 
+def test_detached_local_experiment_runs_to_the_end_with_nobody_polling(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    for i in range(3):
+        make_run(exp, f"r{i}", f"sleep 0.5\ntouch {tmp_path}/done{i}")
+    env_cap = {"CK_MAX_LOCAL_JOBS": "1"}  # more runs than local slots: two wait in the queue
+    detach = subprocess.run([sys.executable, "-m", "cruijff_kit", "run", str(exp), "--executor", "local", "--detach"],
+                            env={**os.environ, **env_cap}, capture_output=True, text=True, timeout=60)
+    assert detach.returncode == 0, detach.stderr
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"done{i}").exists() for i in range(3)):  # nobody runs ck status or ck run
+        assert time.monotonic() < deadline, "queued local jobs did not start on their own"
+        time.sleep(0.2)
+    recorded = {p: p.read_bytes() for p in [exp / STATE_NAME, exp / "run-experiment.log", exp / "experiment_summary.md"]}
+    deadline = time.monotonic() + 30
+    while True:
+        assert main(["status", str(exp), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)["runs"]
+        if all(r["state"] == "COMPLETED" for r in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [r["state"] for r in rows] == ["COMPLETED"] * 3
+    assert all(r["elapsed"] not in ("-",) for r in rows)
+    assert {p: p.read_bytes() for p in recorded} == recorded  # `ck status` wrote nothing
+    assert main(["run", "--resume", str(exp), "--poll", "0.2", "--no-live"]) == 0
+    assert actions(exp).count("ALL_COMPLETE") == 1 and actions(exp).count("SUBMIT_JOB") == 3
+
+
+def test_elapsed_of_a_job_that_ran_between_two_polls_is_its_run_time(tmp_path):
+    exp = tmp_path / "exp"
+    make_run(exp, "quick", "sleep 1.5")
+    assert run_experiment(exp, executor="local", poll=4, live=False, out=io.StringIO()) == {"quick": "COMPLETED"}
+    jobs = get_section((exp / "experiment_summary.md").read_text(), "Jobs")
+    assert "| 0:00:01 |" in jobs  # not 0:00:00: the job's own start and end, not when the monitor looked
+
+
+def test_rerun_refuses_a_live_job_and_an_unknown_run_and_records_nothing(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    make_run(exp, "slow", "sleep 30")
+    assert main(["run", str(exp), "--executor", "local", "--detach"]) == 0
+    before = (exp / STATE_NAME).read_bytes(), (exp / "run-experiment.log").read_bytes()
+    capsys.readouterr()
+    assert main(["run", str(exp), "--rerun", "slow"]) == 2
+    assert "is still" in capsys.readouterr().err
+    assert main(["run", str(exp), "--rerun", "other"]) == 2
+    assert "use one of: slow" in capsys.readouterr().err
+    assert ((exp / STATE_NAME).read_bytes(), (exp / "run-experiment.log").read_bytes()) == before
+    LocalExecutor(exp / LOCAL_STATE_DIR).cancel([read_state(exp)["slow"]["job_id"]])
+
+
 def test_ctrl_c_leaves_jobs_running_and_says_how_to_reattach(tmp_path):
     exp = tmp_path / "exp"
     make_run(exp, "a", f"sleep 2\ntouch {tmp_path}/finished")
@@ -254,7 +303,7 @@ def test_ctrl_c_leaves_jobs_running_and_says_how_to_reattach(tmp_path):
     monitor.send_signal(signal.SIGINT)
     output, _ = monitor.communicate(timeout=20)
     assert monitor.returncode == 130
-    assert f"ck run --resume {exp}" in output
+    assert f"ck run --resume {exp}" in output and "Traceback" not in output
     assert "DETACH" in actions(exp)
     deadline = time.monotonic() + 20
     while not (tmp_path / "finished").exists():  # the job outlived its monitor
