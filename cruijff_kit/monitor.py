@@ -404,24 +404,33 @@ class Monitor:
             self.display.message(f"{_clock()} {name}: found job {job_id} from an interrupted submission")
         self.state.save()
 
-    def check_rerun(self, names: list[str]) -> None:
-        """Refuse, before anything changes, a --rerun of an unknown run or of one whose job still lives."""
+    def check_rerun(self, names: list[str]) -> dict[str, JobInfo]:
+        """Refuse, before anything changes, a --rerun of an unknown run or of one whose job still
+        lives (asking the scheduler, read-only, about jobs recorded as live); their current JobInfo."""
         for name in names:
             if name not in self.run_dirs:
                 raise CkError("--rerun", name, "no scaffolded run of that name",
                               f"use one of: {', '.join(self.run_dirs) or '(none)'}")
-            run = self.state.runs.get(name, RunState())
-            if run.job_id and not is_terminal(run.state):
-                cancel = f"scancel {run.job_id}" if self.executor.name == "slurm" else "wait for it to end"
-                raise CkError("--rerun", name, f"its job {run.job_id} is still {run.state}",
+        recorded_live = [name for name in dict.fromkeys(names) if name in self.live_runs()]
+        jobs = {name: self.job(name) for name in recorded_live}
+        infos = self.executor.poll(list(jobs.values())) if jobs else {}
+        current = {name: infos[job.id] for name, job in jobs.items()}
+        for name, info in current.items():
+            if not is_terminal(info.state):
+                job_id = self.state.runs[name].job_id
+                cancel = f"scancel {job_id}" if self.executor.name == "slurm" else "wait for it to end"
+                raise CkError("--rerun", name, f"its job {job_id} is still {info.state}",
                               f"{cancel}, or reattach with `ck run --resume {self.exp_dir}`")
+        return current
 
-    def rerun(self, names: list[str]) -> None:
+    def rerun(self, names: list[str], current: dict[str, JobInfo]) -> None:
         """Forget the ended job of each named run (kept in `attempts` and the log), so it is submitted again."""
         for name in dict.fromkeys(names):
             run = self.state.runs.get(name)
             if run is None or run.job_id is None:
                 continue  # no job yet: it is submitted anyway
+            if name in current:  # ended since it was last recorded
+                apply_info(run, current[name], time.time())
             run.attempts = (run.attempts or []) + [{"job_id": run.job_id, "state": run.state, "exit_code": run.exit_code}]
             self.log("RERUN", f"{name}: job {run.job_id} ({run.state}) will be replaced by a new job",
                      command=self.command, result=f"attempt {len(run.attempts) + 1}",
@@ -612,14 +621,14 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
     if state.executor not in (None, executor_obj.name):
         raise CkError("executor", executor_obj.name, f"these jobs were submitted with the {state.executor} executor",
                       f"use --executor {state.executor}")
-    monitor.check_rerun(rerun or [])
+    ended = monitor.check_rerun(rerun or [])
     if monitor.unsubmitted() or rerun:
         executor_obj.preflight()  # nothing is recorded before the scheduler answers
     executor_obj.resume_queue()
     state.executor = executor_obj.name
     monitor.recover_interrupted_submissions()
     if rerun:
-        monitor.rerun(rerun)
+        monitor.rerun(rerun, ended)
     if resume:
         monitor.log("RESUME", f"reattached to {len(monitor.live_runs())} live job(s)", command=command,
                     result=f"{len(monitor.unsubmitted())} run(s) to submit",

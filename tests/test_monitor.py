@@ -279,7 +279,7 @@ def test_elapsed_of_a_job_that_ran_between_two_polls_is_its_run_time(tmp_path):
 
 def test_rerun_refuses_a_live_job_and_an_unknown_run_and_records_nothing(tmp_path, capsys):
     exp = tmp_path / "exp"
-    make_run(exp, "slow", "sleep 30")
+    make_run(exp, "slow", f"test -f {tmp_path}/quick || sleep 30")
     assert main(["run", str(exp), "--executor", "local", "--detach"]) == 0
     before = (exp / STATE_NAME).read_bytes(), (exp / "run-experiment.log").read_bytes()
     capsys.readouterr()
@@ -288,7 +288,18 @@ def test_rerun_refuses_a_live_job_and_an_unknown_run_and_records_nothing(tmp_pat
     assert main(["run", str(exp), "--rerun", "other"]) == 2
     assert "use one of: slow" in capsys.readouterr().err
     assert ((exp / STATE_NAME).read_bytes(), (exp / "run-experiment.log").read_bytes()) == before
-    LocalExecutor(exp / LOCAL_STATE_DIR).cancel([read_state(exp)["slow"]["job_id"]])
+
+    first = read_state(exp)["slow"]["job_id"]
+    executor = LocalExecutor(exp / LOCAL_STATE_DIR)
+    executor.cancel([first])  # it ends while nobody watches: the state file still says it runs
+    deadline = time.monotonic() + 20
+    while executor.states([first])[first].state != "CANCELLED":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (tmp_path / "quick").touch()
+    assert main(["run", str(exp), "--rerun", "slow", "--poll", "0.2", "--no-live"]) == 0
+    run = read_state(exp)["slow"]
+    assert run["state"] == "COMPLETED" and run["attempts"] == [{"job_id": first, "state": "CANCELLED", "exit_code": None}]
 
 
 def test_ctrl_c_leaves_jobs_running_and_says_how_to_reattach(tmp_path):
