@@ -292,7 +292,8 @@ class SlurmExecutor(Executor):
             return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=self.timeout)
         except FileNotFoundError:
             raise CkError("executor", "slurm", f"`{argv[0]}` not found on PATH",
-                          "run on a SLURM login node, install and start scripts/slurm-local, or use --executor local") from None
+                          "run from a SLURM login node; on a single machine, as root, `scripts/slurm-local start` "
+                          "installs and starts a local cluster; or use --executor local") from None
         except subprocess.TimeoutExpired:
             raise CkError(argv[0], " ".join(argv[1:3]), f"no answer within {self.timeout:.0f} s",
                           "check the controller: `sinfo` or `scripts/slurm-local status`") from None
