@@ -516,9 +516,9 @@ class Monitor:
                  explanation=(run.message or "-") + " | last log line: " + (tail[-1] if tail else "(no log)"),
                  extra={"Job ID": run.job_id, "Exit code": code})
         if run.state == "OOM" and run.oom_retries < self.retry_oom:
-            self._retry_oom(name, run)
+            self.resubmit_after_oom(name, run)
 
-    def _retry_oom(self, name: str, run: RunState) -> None:
+    def resubmit_after_oom(self, name: str, run: RunState) -> None:
         try:
             old, new = halve_batch_size(self.run_dirs[name])
         except CkError as err:
@@ -622,7 +622,9 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
         raise CkError("executor", executor_obj.name, f"these jobs were submitted with the {state.executor} executor",
                       f"use --executor {state.executor}")
     ended = monitor.check_rerun(rerun or [])
-    if monitor.unsubmitted() or rerun:
+    oom_to_retry = [name for name, _ in monitor.runs if (run := state.runs.get(name)) is not None
+                    and run.state == "OOM" and run.oom_retries < retry_oom]
+    if monitor.unsubmitted() or rerun or oom_to_retry:
         executor_obj.preflight()  # nothing is recorded before the scheduler answers
     executor_obj.resume_queue()
     state.executor = executor_obj.name
@@ -636,6 +638,8 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
         monitor.display.message(f"{_clock()} reattached: {len(monitor.live_runs())} live job(s), "
                                 f"{len(monitor.unsubmitted())} run(s) to submit")
     state.save()
+    for name in oom_to_retry:  # ended OOM before --retry-oom was given (or while nobody watched)
+        monitor.resubmit_after_oom(name, state.runs[name])
 
     pass_logged = not monitor.unsubmitted()
     try:

@@ -213,6 +213,23 @@ def test_cuda_oom_is_reported_and_retried_at_half_batch_size(kind, tmp_path):
     assert "CUDA out of memory" in out.getvalue()
 
 
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_skill_path_oom_then_retry_oom_command(kind, tmp_path, capsys):
+    """Skill: a run ends OOM -> `ck run EXP_DIR --retry-oom 1` resubmits it at half the batch size."""
+    exp = tmp_path / "exp"
+    run_dir = make_run(exp, "big", OOM_BODY.replace("python3", sys.executable).replace("-gt 4", "-gt 8"))
+    (run_dir / "finetune.yaml").write_text("batch_size: 16\n")
+    command = ["run", str(exp), "--executor", kind, "--poll", str(POLL), "--no-live"]
+    assert main(command) == 1
+    assert read_state(exp)["big"]["state"] == "OOM"
+    assert "CUDA out of memory" in capsys.readouterr().out
+    assert main([*command, "--retry-oom", "1"]) == 0
+    run = read_state(exp)["big"]
+    assert run["state"] == "COMPLETED" and run["oom_retries"] == 1 and run["attempts"][0]["state"] == "OOM"
+    assert yaml.safe_load((run_dir / "finetune.yaml").read_text())["batch_size"] == 8
+    assert actions(exp).count("RETRY_OOM") == 1 and actions(exp).count("ALL_COMPLETE") == 2
+
+
 def test_status_reports_a_cuda_oom_like_the_monitor(tmp_path, capsys):
     exp = tmp_path / "exp"
     run_dir = make_run(exp, "big", OOM_BODY.replace("python3", sys.executable))
