@@ -657,7 +657,12 @@ class LocalExecutor(Executor):
             if running >= max_jobs:
                 break
             if job.pid is None and job.final is None and not job.cancelled:
-                started.append(self._launch(job))
+                try:
+                    started.append(self._launch(job))
+                except OSError as exc:  # e.g. its run directory was deleted while it waited
+                    job.ended_at = time.time()
+                    job.final = JobInfo(job.job_id, "FAILED", None, f"could not start: {exc}", None, job.ended_at)
+                    continue
                 running += 1
         return started
 

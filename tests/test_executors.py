@@ -270,3 +270,18 @@ def test_job_log_path_of_stderr_follows_error_else_output(tmp_path):
     assert job_log_path(run_dir, "7", "error") == run_dir / "err-7.log"
     script.write_text("#!/bin/bash\n#SBATCH --output=/abs/%j.out\necho\n")
     assert job_log_path(run_dir, "7", "error") == Path("/abs/7.out")
+
+
+def test_local_job_that_cannot_start_fails_and_the_queue_goes_on(tmp_path):
+    exp = tmp_path / "exp"
+    gone = make_run(exp, "gone", "true")
+    after = make_run(exp, "after", "true")
+    executor = LocalExecutor(tmp_path / "jobs", max_jobs=1)
+    blocker = executor.submit(make_run(exp, "blocker", "sleep 1"))
+    doomed = executor.submit(gone)
+    (gone / "finetune.slurm").unlink()
+    gone.rmdir()  # removed while it waited for a slot
+    last = executor.submit(after)
+    infos = wait_terminal(executor, [blocker.id, doomed.id, last.id], timeout=30)
+    assert infos[doomed.id].state == "FAILED" and "could not start" in infos[doomed.id].reason
+    assert infos[last.id].state == "COMPLETED"
