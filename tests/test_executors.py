@@ -285,3 +285,19 @@ def test_local_job_that_cannot_start_fails_and_the_queue_goes_on(tmp_path):
     infos = wait_terminal(executor, [blocker.id, doomed.id, last.id], timeout=30)
     assert infos[doomed.id].state == "FAILED" and "could not start" in infos[doomed.id].reason
     assert infos[last.id].state == "COMPLETED"
+
+
+def test_a_killed_supervisor_is_reported_and_restarted_by_resume_queue(tmp_path):
+    exp = tmp_path / "exp"
+    executor = LocalExecutor(tmp_path / "jobs", max_jobs=1)
+    first = executor.submit(make_run(exp, "first", "sleep 1"))
+    wait_state(executor, first.id, "RUNNING")
+    second = executor.submit(make_run(exp, "second", "true"))
+    [supervisor] = executor._supervisors  # the one this process started
+    supervisor.kill()
+    supervisor.wait()
+    wait_state(executor, first.id, "COMPLETED")  # a running job does not need its supervisor
+    info = second.status()
+    assert info.state == "PENDING" and "ck run --resume" in info.reason
+    executor.resume_queue()
+    assert wait_terminal(executor, [second.id], timeout=30)[second.id].state == "COMPLETED"
