@@ -191,6 +191,10 @@ def test_submit_returns_a_job_with_its_run_log_state_and_cancel(kind, tmp_path):
     assert job.log == tmp_path / "outputs" / "ck-out-named" / f"slurm-{job.id}.out"
     wait_state(executor, job.id, "RUNNING")
     assert job.state() == "RUNNING"
+    deadline = time.monotonic() + 20
+    while not (job.log.exists() and "hello" in job.log.read_text()):  # the job's output goes to job.log
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     again = executor.job(job.id, run_dir)  # rebuilt from a recorded id, as the monitor does
     assert again.run == "named" and again.log == job.log
     job.cancel()
@@ -198,7 +202,6 @@ def test_submit_returns_a_job_with_its_run_log_state_and_cancel(kind, tmp_path):
     while (info := again.status()).state != "CANCELLED":
         assert time.monotonic() < deadline, info
         time.sleep(0.2)
-    assert "hello" in job.log.read_text()
 
 
 @pytest.mark.parametrize("kind", EXECUTORS)
