@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shlex
 import sys
 
 from cruijff_kit.errors import CkError
@@ -58,25 +60,56 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what `ck ... | head` reports when head stops reading
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The one place where a verb's errors, Ctrl-C and a closed stdout become exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
     if verb not in VERBS:
         verb = None
+    try:
+        try:
+            return _run_verb(verb, argv)
+        finally:
+            sys.stdout.flush()  # a reader that has gone shows up here, not in Python's exit
+    except CkError as err:
+        print(f"{_prog(verb)}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{_prog(verb)}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _run_verb(verb: str | None, argv: list[str]) -> int:
     try:
         parser = build_parser(verb)
     except NotBuiltYet as exc:
         print(f"ck {exc}: not built yet in this version of cruijff_kit", file=sys.stderr)
         return 3
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["ck", *argv])  # what the run log records as the command
+    return int(_load(args.verb).run(args) or 0)
+
+
+def _prog(verb: str | None) -> str:
+    return f"ck {verb}" if verb else "ck"
+
+
+def _drop_stdout() -> None:
+    """The reader of stdout has gone: send what is still buffered nowhere, so that Python's own
+    flush at exit does not print a second BrokenPipeError."""
     try:
-        return int(_load(args.verb).run(args) or 0)
-    except CkError as err:
-        print(f"ck {args.verb}: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print(f"ck {args.verb}: interrupted", file=sys.stderr)
-        return 130
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -1,16 +1,25 @@
-"""Where jobs run: one interface, two executors.
+"""Where jobs run: one interface, two executors, and the Job both return.
 
     executor = make_executor("slurm")                # or LocalExecutor(state_dir, max_jobs=2)
-    job_id = executor.submit(run_dir)                # runs <run_dir>/finetune.slurm; SubmitError if refused
-    infos = executor.states([job_id, ...])           # {job_id: JobInfo(state, exit_code, reason)}, one query
-    executor.cancel([job_id])
+    executor.preflight()                             # before submitting: SLURM's controller answers (one call), else CkError
+    job = executor.submit(run_dir)                   # runs <run_dir>/finetune.slurm; SubmitError if refused
+    job.id, job.executor, job.run, job.log           # job.log: its stdout+stderr file (#SBATCH --output)
+    job.state()                                      # our state name (job.status() for exit code, times, reason)
+    job.cancel()
+    executor.poll([job, ...])                        # {job id: JobInfo in our states} for many jobs, one query
+    executor.job(job_id, run_dir)                    # the Job of an id recorded earlier (the monitor's state file)
     executor.find_submitted({"run": run_dir}, since)  # {run: job_id} of jobs submitted from run_dir since then
 
-Both read the same finetune.slurm (docs/ARCHITECTURE.md): SLURM gets it through `sbatch --parsable`;
-the local executor runs `bash finetune.slurm` in the run directory and sends its stdout+stderr to
-the file named by `#SBATCH --output` (with %j = the local job id), as SLURM would.
+Both read the same finetune.slurm (docs/ARCHITECTURE.md): SLURM gets it through `sbatch --parsable`
+(called directly, so a refusal carries sbatch's own message); the local executor runs `bash
+finetune.slurm` in the run directory and sends its stdout+stderr to the file named by `#SBATCH
+--output` (with %j = the local job id), as SLURM would. The local queue is advanced by its own
+supervisor process (`python -m cruijff_kit.executors supervise STATE_DIR`), so queued jobs start
+when earlier ones end whether or not anybody is watching.
 
-States are SLURM's names. `UNKNOWN` means no query knows the id (yet); the monitor turns it into
+`executor.states(ids)` returns the scheduler's facts (SLURM's state names); `our_state` is the one
+rule that turns them into the states cruijff_kit reports (a FAILED job whose log shows a CUDA
+out-of-memory error is OOM). `UNKNOWN` means no query knows the id (yet); the monitor turns it into
 LOST after a grace period.
 """
 
@@ -23,10 +32,11 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from cruijff_kit.errors import CkError
@@ -41,6 +51,8 @@ TERMINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT
                              # ours: no query knows the id / sbatch refused it / FAILED with a CUDA OOM in its log
                              "LOST", "SUBMIT_FAILED", "OOM"})
 UNKNOWN = "UNKNOWN"
+OOM_RE = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
+OOM_MESSAGE = "CUDA out of memory (see the job log)"
 
 
 def normalize_state(raw: str) -> str:
@@ -59,6 +71,59 @@ class JobInfo:
     state: str
     exit_code: int | None = None
     reason: str = ""
+    started_at: float | None = None  # unix times from the scheduler itself (None: not started / not ended)
+    ended_at: float | None = None
+
+
+def log_tail(path: Path, lines: int = 15, tail_bytes: int = 65536) -> list[str]:
+    """The last `lines` lines of a (job) log; [] when it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - tail_bytes))
+            text = fh.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return []
+    return text.splitlines()[-lines:]
+
+
+def our_state(facts: JobInfo, log: Path | None) -> JobInfo:
+    """The one rule from a scheduler's facts to the state cruijff_kit reports.
+
+    SLURM's state names (normalized) pass through; a FAILED job whose log shows a CUDA
+    out-of-memory error is OOM. Used by the monitor, `ck status` and `ck summarize` alike.
+    """
+    state = normalize_state(facts.state) if facts.state != UNKNOWN else UNKNOWN
+    if state == "FAILED" and log is not None and OOM_RE.search("\n".join(log_tail(log, 200))):
+        return replace(facts, state="OOM", reason=OOM_MESSAGE)
+    return replace(facts, state=state)
+
+
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One submitted job: what `Executor.submit` returns and `Executor.job` rebuilds from an id."""
+
+    id: str
+    executor: "Executor"
+    run: str
+    run_dir: Path
+
+    @property
+    def log(self) -> Path:
+        """Its stdout+stderr file (`#SBATCH --output` with %j filled in)."""
+        return job_log_path(self.run_dir, self.id)
+
+    def status(self) -> JobInfo:
+        return self.executor.poll([self])[self.id]
+
+    def state(self) -> str:
+        return self.status().state
+
+    def cancel(self) -> None:
+        self.executor.cancel([self.id])
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, {self.executor.name}, run={self.run!r})"
 
 
 class SubmitError(Exception):
@@ -155,12 +220,14 @@ class Executor(ABC):
     name: str
 
     @abstractmethod
-    def submit(self, run_dir: Path) -> str:
-        """Start (or queue) the run's finetune.slurm; return the job id. SubmitError if refused."""
+    def submit(self, run_dir: Path, run: str | None = None) -> Job:
+        """Start (or queue) the run's finetune.slurm; its Job (run defaults to the directory's name).
+        SubmitError if the scheduler refuses it."""
 
     @abstractmethod
     def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
-        """The state of every id, with a bounded number of queries (one in the common case)."""
+        """The scheduler's facts for every id, with a bounded number of queries (one in the common
+        case). Reads only: nothing is started, stopped or written."""
 
     @abstractmethod
     def cancel(self, job_ids: list[str]) -> None:
@@ -172,19 +239,45 @@ class Executor(ABC):
         (unix time), ignoring the ids in `exclude`: what a monitor killed between submitting a job
         and recording its id looks for before submitting again. One query for all directories."""
 
+    def preflight(self) -> None:
+        """Check, before anything is submitted or recorded, that jobs can be submitted;
+        CkError (one line with the fix) if not."""
+
+    def resume_queue(self) -> None:
+        """Make sure submitted jobs move on (a monitor calls it when it starts or reattaches)."""
+
+    def job(self, job_id: str, run_dir: Path, run: str | None = None) -> Job:
+        return Job(str(job_id), self, run or Path(run_dir).name, Path(run_dir))
+
+    def poll(self, jobs: list[Job]) -> dict[str, JobInfo]:
+        """{job id: JobInfo in our states} for all the jobs, with one states() query."""
+        facts = self.states([job.id for job in jobs])
+        return {job.id: our_state(facts[job.id], job.log if facts[job.id].state == "FAILED" else None) for job in jobs}
+
 
 # ---------------------------------------------------------------- SLURM
+
+SLURM_UNREACHABLE_FIX = ("start it (on a single machine, as root: `scripts/slurm-local start`), "
+                         "or run from a cluster login node, or use --executor local")
+
+
+def _scheduler_time(text: str) -> float | None:
+    """SLURM's `2026-12-03T05:51:35` (local time) -> unix time; None for N/A, Unknown, None."""
+    try:
+        return time.mktime(time.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
 
 
 class SlurmExecutor(Executor):
     """sbatch / squeue / sacct / scancel through subprocess.
 
-    sbatch is called directly (not through simple-slurm): the script already exists, and we need
-    sbatch's stderr verbatim when it refuses a job, which simple-slurm does not pass on.
+    sbatch is called directly: the script already exists, and we need sbatch's stderr verbatim
+    when it refuses a job (the reason simple-slurm is not used).
     Polling: one `squeue -t all` for every id (it also reports finished jobs the controller still
-    holds, with exit codes — the same records `scontrol show job` reads); only ids it no longer
-    knows go to one sacct call (plain sacct if accounting runs, else `sacct -c`, the
-    job-completion file).
+    holds, with exit codes and start/end times — the same records `scontrol show job` reads); only
+    ids it no longer knows go to one sacct call (plain sacct if accounting runs, else `sacct -c`,
+    the job-completion file).
     """
 
     name = "slurm"
@@ -199,12 +292,21 @@ class SlurmExecutor(Executor):
             return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=self.timeout)
         except FileNotFoundError:
             raise CkError("executor", "slurm", f"`{argv[0]}` not found on PATH",
-                          "run on a SLURM login node, start scripts/slurm-local, or use --executor local") from None
+                          "run from a SLURM login node; on a single machine, as root, `scripts/slurm-local start` "
+                          "installs and starts a local cluster; or use --executor local") from None
         except subprocess.TimeoutExpired:
             raise CkError(argv[0], " ".join(argv[1:3]), f"no answer within {self.timeout:.0f} s",
                           "check the controller: `sinfo` or `scripts/slurm-local status`") from None
 
-    def submit(self, run_dir: Path) -> str:
+    def preflight(self) -> None:
+        """One `scontrol ping`: fails at once when the controller is down (sbatch would retry ~10 s)."""
+        proc = self._run(["scontrol", "ping"])
+        text = " ".join((proc.stdout + " " + proc.stderr).split())
+        if proc.returncode != 0 or "DOWN" in text or "UP" not in text:
+            answer = text.split(" ***", 1)[0] or f"scontrol ping exited {proc.returncode}"
+            raise CkError("executor", "slurm", f"the SLURM controller does not answer ({answer})", SLURM_UNREACHABLE_FIX)
+
+    def submit(self, run_dir: Path, run: str | None = None) -> Job:
         script = _check_run_dir(run_dir)
         options = sbatch_options(script)
         for key in ("output", "error"):
@@ -219,7 +321,7 @@ class SlurmExecutor(Executor):
         job_id = proc.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise SubmitError(f"sbatch printed no job id: {proc.stdout.strip()!r} {proc.stderr.strip()!r}")
-        return job_id
+        return self.job(job_id, run_dir, run)
 
     def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
         ids = [str(j) for j in job_ids]
@@ -234,7 +336,7 @@ class SlurmExecutor(Executor):
     def _squeue(self, ids: list[str]) -> dict[str, JobInfo]:
         self.query_count += 1
         proc = self._run(["squeue", "--noheader", "--states=all", "--jobs=" + ",".join(ids),
-                          "--Format=JobID:|,State:|,Reason:|,exit_code:|"])
+                          "--Format=JobID:|,State:|,Reason:|,exit_code:|,StartTime:|,EndTime:|"])
         if proc.returncode != 0:
             if "Invalid job id" in proc.stderr:
                 return {}  # a single unknown id makes squeue fail instead of printing nothing
@@ -243,17 +345,17 @@ class SlurmExecutor(Executor):
         out: dict[str, JobInfo] = {}
         for line in proc.stdout.splitlines():
             parts = line.split("|")
-            if len(parts) < 4 or parts[0].strip() not in ids:
+            if len(parts) < 6 or parts[0].strip() not in ids:
                 continue
-            job_id, state, reason, code = (p.strip() for p in parts[:4])
+            job_id, state, reason, code, start, end = (p.strip() for p in parts[:6])
             state = normalize_state(state)
             out[job_id] = JobInfo(job_id, state, _wait_status_exit_code(code) if is_terminal(state) else None,
-                                  "" if reason in ("None", "") else reason)
+                                  "" if reason in ("None", "") else reason, *_span(state, start, end))
         return out
 
     def _sacct(self, ids: list[str]) -> dict[str, JobInfo]:
         base = ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=" + ",".join(ids),
-                "--format=JobID,State,ExitCode"]
+                "--format=JobID,State,ExitCode,Start,End"]
         modes = [self._sacct_mode] if self._sacct_mode else ["db", "jobcomp"]
         for mode in modes:
             self.query_count += 1
@@ -268,10 +370,11 @@ class SlurmExecutor(Executor):
         out: dict[str, JobInfo] = {}
         for line in text.splitlines():
             parts = line.split("|")
-            if len(parts) < 3 or parts[0] not in ids:
+            if len(parts) < 5 or parts[0] not in ids:
                 continue
             state = normalize_state(parts[1])
-            out[parts[0]] = JobInfo(parts[0], state, _exit_code(parts[2]), parts[1] if parts[1] != state else "")
+            out[parts[0]] = JobInfo(parts[0], state, _exit_code(parts[2]), parts[1] if parts[1] != state else "",
+                                    *_span(state, parts[3], parts[4]))
         return out
 
     def find_submitted(self, run_dirs: dict[str, Path], since: float, exclude: set[str] = frozenset()) -> dict[str, str]:
@@ -303,6 +406,13 @@ class SlurmExecutor(Executor):
             proc = self._run(["scancel", *map(str, job_ids)])
             if proc.returncode != 0:
                 raise CkError("scancel", " ".join(map(str, job_ids)), " ".join(proc.stderr.split()), "check the ids with `squeue`")
+
+
+def _span(state: str, start: str, end: str) -> tuple[float | None, float | None]:
+    """(started_at, ended_at) from SLURM's StartTime/EndTime, which are forecasts until they happen:
+    a pending job's start and a live job's end are not facts yet."""
+    started = None if state == "PENDING" else _scheduler_time(start)
+    return started, _scheduler_time(end) if is_terminal(state) and started is not None else None
 
 
 def _wait_status_exit_code(text: str) -> int | None:
@@ -376,12 +486,29 @@ def _proc_start_time(pid: int) -> str | None:
     return fields[19]
 
 
+SUPERVISOR_TICK = 0.2  # seconds between the supervisor's looks at its jobs
+
+
+def _try_lock(fh, attempts: int = 1) -> bool:
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < attempts:
+                time.sleep(SUPERVISOR_TICK)
+    return False
+
+
 class LocalExecutor(Executor):
     """Runs jobs as local process groups, at most `max_jobs` at once, the rest PENDING.
 
-    Everything (job table, pending queue, exit codes) is kept in `state_dir`, so jobs outlive the
-    process that started them and any later LocalExecutor on the same directory picks up where it
-    left off: queued jobs are started by whichever process calls states() next.
+    Everything (job table, queue, each job's environment and exit code) is kept in `state_dir`.
+    submit() only adds the job to the table and makes sure a supervisor runs: one detached process
+    per state_dir (`python -m cruijff_kit.executors supervise STATE_DIR`, holding supervisor.lock)
+    that starts queued jobs as slots free up, records how each ended, and exits when every job
+    has ended. So jobs outlive the process that submitted them, and states() only reads.
+    A job runs with the environment of the process that submitted it, as sbatch's default.
     """
 
     name = "local"
@@ -391,22 +518,30 @@ class LocalExecutor(Executor):
             raise CkError("max_local_jobs", max_jobs, "must be >= 1", "e.g. 2")
         self.state_dir = Path(state_dir)
         self.max_jobs = max_jobs
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self._table = self.state_dir / "jobs.json"
-        self._children: dict[int, subprocess.Popen] = {}  # ours to reap, so they never linger as zombies
+        self._supervisors: list[subprocess.Popen] = []  # ours to reap, so they never linger as zombies
 
-    # -- the persisted job table, read-modify-written under a lock
+    # -- the persisted job table
 
     @contextmanager
-    def _locked(self):
-        with open(self.state_dir / "jobs.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+    def _locked(self, write: bool = True):
+        """The job table under the table lock; written back (only if changed) when `write`."""
+        if write:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        elif not self._table.exists():
+            yield {"next_id": 1, "jobs": {}}, {}
+            return
+        with open(self.state_dir / "jobs.lock", "a" if write else "r") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
             data = json.loads(self._table.read_text()) if self._table.exists() else {"next_id": 1, "jobs": {}}
             jobs = {k: LocalJob(**{**v, "final": JobInfo(**v["final"]) if v.get("final") else None})
                     for k, v in data["jobs"].items()}
+            before = json.dumps(data, sort_keys=True)
             yield data, jobs
-            data["jobs"] = {k: asdict(v) for k, v in jobs.items()}
-            atomic_write_json(self._table, data)
+            if write:
+                data["jobs"] = {k: asdict(v) for k, v in jobs.items()}
+                if json.dumps(data, sort_keys=True) != before:
+                    atomic_write_json(self._table, data)
 
     def _exitfile(self, job_id: str) -> Path:
         return self.state_dir / f"{job_id}.exitcode"
@@ -414,29 +549,39 @@ class LocalExecutor(Executor):
     def _marker(self, job_id: str) -> Path:
         return self.state_dir / f"{job_id}.timeout"
 
+    def _envfile(self, job_id: str) -> Path:
+        return self.state_dir / f"{job_id}.env.json"
+
     # -- interface
 
-    def submit(self, run_dir: Path) -> str:
+    def submit(self, run_dir: Path, run: str | None = None) -> Job:
         run_dir = Path(run_dir).resolve()
         time_limit = time_limit_seconds(sbatch_options(_check_run_dir(run_dir)).get("time", ""))
         with self._locked() as (data, jobs):
             job_id = f"local-{data['next_id']}"
             data["next_id"] += 1
+            data["max_jobs"] = self.max_jobs
+            env_file = self._envfile(job_id)
+            env_file.write_text(json.dumps(dict(os.environ)))
+            env_file.chmod(0o600)  # it may hold API keys
             jobs[job_id] = LocalJob(job_id, str(run_dir), str(job_log_path(run_dir, job_id)),
                                     str(job_log_path(run_dir, job_id, "error")), time_limit, time.time())
-            self._start_pending(jobs)
-        return job_id
+        self.ensure_supervisor()
+        return self.job(job_id, run_dir, run)
 
     def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
-        for pid, child in list(self._children.items()):
-            if child.poll() is not None:
-                del self._children[pid]
-        with self._locked() as (_, jobs):
-            for job in jobs.values():
-                self._refresh(job)
-            self._start_pending(jobs)
-            return {j: (self._info(jobs[j]) if j in jobs else JobInfo(j, UNKNOWN, reason="not in the local job table"))
-                    for j in map(str, job_ids)}
+        self._reap()
+        with self._locked(write=False) as (_, jobs):
+            supervised = self.supervisor_running()
+            out = {}
+            for job_id in map(str, job_ids):
+                if job_id not in jobs:
+                    out[job_id] = JobInfo(job_id, UNKNOWN, reason="not in the local job table")
+                    continue
+                job = replace(jobs[job_id])
+                self._refresh(job)  # on a copy: what the supervisor will record
+                out[job_id] = self._info(job, supervised)
+            return out
 
     def cancel(self, job_ids: list[str]) -> None:
         with self._locked() as (_, jobs):
@@ -451,31 +596,90 @@ class LocalExecutor(Executor):
                     except ProcessLookupError:
                         pass
                 self._refresh(job)
-            self._start_pending(jobs)
+        self.ensure_supervisor()
+
+    def resume_queue(self) -> None:
+        """Restart the supervisor if jobs wait for one (it died, or the machine restarted)."""
+        self.ensure_supervisor()
+
+    # -- the supervisor
+
+    def supervisor_running(self) -> bool:
+        try:
+            with open(self.state_dir / "supervisor.lock", "r") as lock:
+                return not _try_lock(lock)
+        except FileNotFoundError:
+            return False
+
+    def ensure_supervisor(self) -> None:
+        """Start a supervisor unless one runs or no job needs one. A second one started at the same
+        time finds the lock taken and exits at once."""
+        self._reap()
+        with self._locked(write=False) as (_, jobs):
+            needed = any(job.final is None for job in jobs.values())
+        if not needed or self.supervisor_running():
+            return
+        with open(self.state_dir / "supervisor.log", "a") as log:
+            self._supervisors.append(subprocess.Popen(
+                [sys.executable, "-m", "cruijff_kit.executors", "supervise", str(self.state_dir.resolve())],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True))
+
+    def _reap(self) -> None:
+        self._supervisors = [p for p in self._supervisors if p.poll() is None]
+
+    def supervise(self) -> None:
+        """The supervisor's loop (run in its own process by ensure_supervisor)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "supervisor.lock", "a") as lock:
+            if not _try_lock(lock, attempts=10):  # supervisor_running() holds it only for an instant
+                return  # another supervisor has this directory
+            children: list[subprocess.Popen] = []
+            while True:
+                children = [c for c in children if c.poll() is None]
+                with self._locked() as (data, jobs):
+                    for job in jobs.values():
+                        self._refresh(job)
+                    children += self._start_pending(jobs, int(data.get("max_jobs", self.max_jobs)))
+                    if all(job.final is not None for job in jobs.values()):
+                        # let go while the table is still locked: a submit() after this sees no supervisor
+                        fcntl.flock(lock, fcntl.LOCK_UN)
+                        break
+                time.sleep(SUPERVISOR_TICK)
+            for child in children:
+                child.wait()
 
     # -- mechanics
 
-    def _start_pending(self, jobs: dict[str, LocalJob]) -> None:
+    def _start_pending(self, jobs: dict[str, LocalJob], max_jobs: int) -> list[subprocess.Popen]:
         running = sum(1 for j in jobs.values() if j.pid is not None and j.final is None)
+        started = []
         for job in sorted(jobs.values(), key=lambda j: int(j.job_id.split("-")[1])):
-            if running >= self.max_jobs:
+            if running >= max_jobs:
                 break
             if job.pid is None and job.final is None and not job.cancelled:
-                self._launch(job)
+                try:
+                    started.append(self._launch(job))
+                except OSError as exc:  # e.g. its run directory was deleted while it waited
+                    job.ended_at = time.time()
+                    job.final = JobInfo(job.job_id, "FAILED", None, f"could not start: {exc}", None, job.ended_at)
+                    continue
                 running += 1
+        return started
 
-    def _launch(self, job: LocalJob) -> None:
+    def _launch(self, job: LocalJob) -> subprocess.Popen:
         Path(job.output).parent.mkdir(parents=True, exist_ok=True)
         Path(job.error).parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "CK_JOB_ID": job.job_id}
+        env_file = self._envfile(job.job_id)
+        env = json.loads(env_file.read_text()) if env_file.exists() else dict(os.environ)
+        env["CK_JOB_ID"] = job.job_id
         argv = ["bash", "-c", _WRAPPER, "ck-local-job", SCRIPT_NAME, job.output, job.error,
                 str(self._exitfile(job.job_id)), str(job.time_limit or 0), str(self._marker(job.job_id))]
         child = subprocess.Popen(argv, cwd=job.run_dir, env=env, stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        self._children[child.pid] = child
         job.pid = child.pid
         job.proc_start = _proc_start_time(child.pid)
         job.started_at = time.time()
+        return child
 
     def _refresh(self, job: LocalJob) -> None:
         if job.final is not None:
@@ -486,30 +690,33 @@ class LocalExecutor(Executor):
             return
         exitfile = self._exitfile(job.job_id)
         alive = job.proc_start is not None and _proc_start_time(job.pid) == job.proc_start
-        if alive:  # still running, or its exit code is written and the wrapper is finishing: next poll
+        if alive:  # still running, or its exit code is written and the wrapper is finishing: next look
             return
         code = int(exitfile.read_text().strip()) if exitfile.exists() else None
         job.ended_at = exitfile.stat().st_mtime if exitfile.exists() else time.time()
         if self._marker(job.job_id).exists():
-            job.final = JobInfo(job.job_id, "TIMEOUT", code, f"time limit of {job.time_limit} s reached")
+            final = JobInfo(job.job_id, "TIMEOUT", code, f"time limit of {job.time_limit} s reached")
         elif job.cancelled:
-            job.final = JobInfo(job.job_id, "CANCELLED", code, "cancelled")
+            final = JobInfo(job.job_id, "CANCELLED", code, "cancelled")
         elif code is None:
-            job.final = JobInfo(job.job_id, "FAILED", None, "the process ended without writing its exit code (killed?)")
+            final = JobInfo(job.job_id, "FAILED", None, "the process ended without writing its exit code (killed?)")
         else:
-            job.final = JobInfo(job.job_id, "COMPLETED" if code == 0 else "FAILED", code)
+            final = JobInfo(job.job_id, "COMPLETED" if code == 0 else "FAILED", code)
+        job.final = replace(final, started_at=job.started_at, ended_at=job.ended_at)
 
     @staticmethod
-    def _info(job: LocalJob) -> JobInfo:
+    def _info(job: LocalJob, supervised: bool = True) -> JobInfo:
         if job.final is not None:
             return job.final
-        return JobInfo(job.job_id, "PENDING" if job.pid is None else "RUNNING",
-                       reason="waiting for a free local slot" if job.pid is None else "")
+        if job.pid is not None:
+            return JobInfo(job.job_id, "RUNNING", started_at=job.started_at)
+        return JobInfo(job.job_id, "PENDING", reason="waiting for a free local slot" if supervised else
+                       "no local supervisor runs to start it: `ck run --resume EXP_DIR` restarts it")
 
     def find_submitted(self, run_dirs: dict[str, Path], since: float, exclude: set[str] = frozenset()) -> dict[str, str]:
         by_dir = {str(Path(d).resolve()): name for name, d in run_dirs.items()}  # submit() stores it resolved
         found: dict[str, LocalJob] = {}
-        with self._locked() as (_, jobs):
+        with self._locked(write=False) as (_, jobs):
             for job in jobs.values():
                 name = by_dir.get(job.run_dir)
                 if name and job.job_id not in exclude and job.submitted_at >= since and \
@@ -526,3 +733,9 @@ def make_executor(kind: str, *, state_dir: str | os.PathLike | None = None, max_
             raise ValueError("the local executor needs a state_dir")
         return LocalExecutor(state_dir, max_jobs or 2)
     raise CkError("executor", kind, "unknown executor", "use local or slurm")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["supervise"] or len(sys.argv) != 3:
+        sys.exit("usage: python -m cruijff_kit.executors supervise STATE_DIR")
+    LocalExecutor(sys.argv[2]).supervise()

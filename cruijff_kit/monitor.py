@@ -5,14 +5,19 @@
 What it keeps where:
 - `<exp_dir>/.ck-run-state.json` (atomic): per run its job id, state, exit code and earlier attempts.
   A run with a job id is never submitted again, so a killed monitor is resumed with
-  `ck run --resume EXP_DIR` without duplicates. The time of each submission is recorded before
-  the scheduler is asked: a monitor killed before it could record the job id looks the job up
-  (one query) when it starts again, instead of submitting the run twice.
-- `<exp_dir>/run-experiment.log`: SUBMIT_JOB, STATE_CHANGE, ALL_SUBMITTED, ALL_COMPLETE, DETACH,
-  RESUME and every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, ...).
+  `ck run --resume EXP_DIR` without duplicates; a run without one (never submitted, or refused:
+  SUBMIT_FAILED) is submitted once by every `ck run`; `ck run EXP_DIR --rerun RUN` gives a run
+  whose job has ended a new job (the old one is kept in `attempts`). The time of each submission
+  is recorded before the scheduler is asked: a monitor killed before it could record the job id
+  looks the job up (one query) when it starts again, instead of submitting the run twice.
+- `<exp_dir>/run-experiment.log`: SUBMIT_JOB, STATE_CHANGE, ALL_SUBMITTED (or SUBMIT_INCOMPLETE,
+  with the counts), ALL_COMPLETE (once, when the last job has ended), DETACH, RESUME, RERUN and
+  every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, ...). `Command:` is the
+  command as it was run.
 - `## Jobs` of `<exp_dir>/experiment_summary.md`: the job table.
 
-Polling is one executor.states() call per poll for all live jobs (one squeue on SLURM).
+Polling is one executor.poll() call per poll for all live jobs (one squeue on SLURM); states are
+ours (executors.our_state), elapsed times the scheduler's own start and end times.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import datetime as _dt
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -35,7 +41,7 @@ import yaml
 from cruijff_kit import explog
 from cruijff_kit.errors import CkError
 from cruijff_kit.executors import (
-    SCRIPT_NAME, UNKNOWN, Executor, JobInfo, SubmitError, is_terminal, job_log_path,
+    SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SubmitError, is_terminal, log_tail,
     make_executor, sbatch_options,
 )
 from cruijff_kit.fsutil import atomic_write_json, atomic_write_text
@@ -46,9 +52,7 @@ LOCAL_STATE_DIR = ".ck-local-jobs"
 SUMMARY_NAME = "experiment_summary.md"
 JOBS_HEADING = "Jobs"
 DEFAULT_POLL = 15.0
-LOG_TAIL_LINES = 15
 CLOCK_SLACK = 60.0  # seconds a scheduler's submit time may lag our clock (login node vs controller)
-OOM_RE = re.compile(r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED")
 
 
 # ---------------------------------------------------------------- the experiment's runs
@@ -95,24 +99,6 @@ def last_train_metrics(metrics_path: Path, tail_bytes: int = 65536) -> tuple[int
         if isinstance(record, dict) and record.get("event") == "train" and "step" in record and "loss" in record:
             return int(record["step"]), float(record["loss"])
     return None
-
-
-def reported_state(scheduler_state: str, log: Path) -> str:
-    """The scheduler's state, except a FAILED job whose log shows a CUDA out-of-memory error: OOM."""
-    if scheduler_state == "FAILED" and OOM_RE.search("\n".join(log_tail(log, 200))):
-        return "OOM"
-    return scheduler_state
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES, tail_bytes: int = 65536) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - tail_bytes))
-            text = fh.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    return text.splitlines()[-lines:]
 
 
 # ---------------------------------------------------------------- the state file
@@ -309,18 +295,39 @@ def reattach_hint(exp_dir: Path) -> str:
             f"One-shot view: ck status {exp_dir}")
 
 
+def run_command_line(exp_dir: Path, *, executor: str, max_submit: int | None = None, stagger: float = 0.0,
+                     poll: float = DEFAULT_POLL, detach: bool = False, resume: bool = False, live: bool = True,
+                     retry_oom: int = 0, lost_after: float | None = None, rerun: list[str] | None = None) -> str:
+    """The `ck run` command equivalent to run_experiment's arguments (for callers that are not the CLI)."""
+    words = ["ck", "run", str(exp_dir), "--executor", executor]
+    words += ["--max-submit", str(max_submit)] if max_submit is not None else []
+    words += ["--stagger", f"{stagger:g}"] if stagger else []
+    words += ["--poll", f"{poll:g}"] if poll != DEFAULT_POLL else []
+    words += ["--detach"] if detach else []
+    words += ["--resume"] if resume else []
+    words += [] if live else ["--no-live"]
+    words += ["--retry-oom", str(retry_oom)] if retry_oom else []
+    words += ["--lost-after", f"{lost_after:g}"] if lost_after is not None else []
+    for name in rerun or []:
+        words += ["--rerun", name]
+    return shlex.join(words)
+
+
 class Monitor:
     def __init__(self, exp_dir: Path, executor: Executor, *, poll: float, lost_after: float,
-                 retry_oom: int, display: Display):
+                 retry_oom: int, display: Display, command: str = ""):
         self.exp_dir = exp_dir
         self.executor = executor
         self.poll = poll
         self.lost_after = lost_after
         self.retry_oom = retry_oom
         self.display = display
+        self.command = command
         self.runs = scaffolded_runs(exp_dir)
         self.run_dirs = dict(self.runs)
         self.state = RunStateFile.load(exp_dir)
+        self.refused_now: set[str] = set()  # refused by the scheduler in this invocation: not asked again
+        self.submitted_now = 0
         self._summary_body: str | None = None
         self._poll_error: str | None = None
 
@@ -332,11 +339,15 @@ class Monitor:
     # -- submitting
 
     def unsubmitted(self) -> list[str]:
+        """Runs with no job (never submitted, or refused earlier) that this invocation has not tried in vain."""
         return [name for name, _ in self.runs
-                if (run := self.state.runs.get(name, RunState())).job_id is None and run.state != "SUBMIT_FAILED"]
+                if self.state.runs.get(name, RunState()).job_id is None and name not in self.refused_now]
 
     def live_runs(self) -> list[str]:
         return [name for name, run in self.state.runs.items() if run.job_id and not is_terminal(run.state)]
+
+    def job(self, name: str) -> Job:
+        return self.executor.job(self.state.runs[name].job_id, self.run_dirs.get(name, self.exp_dir / name), name)
 
     def submit(self, name: str) -> None:
         run_dir = self.run_dirs[name]
@@ -347,19 +358,23 @@ class Monitor:
             run.submit_intent = time.time()
             self.state.save()
             try:
-                job_id = self.executor.submit(run_dir)
+                job = self.executor.submit(run_dir, name)
             except SubmitError as exc:
                 run.state, run.message, run.ended_at, run.submit_intent = "SUBMIT_FAILED", str(exc), time.time(), None
+                run.running_since = run.exit_code = None
+                self.refused_now.add(name)
                 self.state.save()
                 self.log("SUBMIT_FAILED", f"{name} was not submitted", command=command, result=str(exc),
-                         explanation="the scheduler refused the job; its message is above")
+                         explanation="the scheduler refused the job; its message is above. Fix the cause, then "
+                                     f"`ck run {self.exp_dir}` submits it")
                 self.display.message(f"{_clock()} {name}: SUBMIT_FAILED: {exc}")
                 return
-            self._record_job(run, job_id, time.time())
+            self._record_job(run, job.id, time.time())
+            self.submitted_now += 1
             self.state.save()
-        self.log("SUBMIT_JOB", f"submitted {name}", command=command, result=f"job {job_id}",
-                 explanation=f"{self.executor.name} executor", extra={"Job ID": job_id})
-        self.display.message(f"{_clock()} {name}: submitted as job {job_id}")
+        self.log("SUBMIT_JOB", f"submitted {name}", command=command, result=f"job {job.id}",
+                 explanation=f"{self.executor.name} executor; log {job.log}", extra={"Job ID": job.id})
+        self.display.message(f"{_clock()} {name}: submitted as job {job.id}")
 
     @staticmethod
     def _record_job(run: RunState, job_id: str, submitted_at: float) -> None:
@@ -389,14 +404,66 @@ class Monitor:
             self.display.message(f"{_clock()} {name}: found job {job_id} from an interrupted submission")
         self.state.save()
 
+    def check_rerun(self, names: list[str]) -> dict[str, JobInfo]:
+        """Refuse, before anything changes, a --rerun of an unknown run or of one whose job still
+        lives (asking the scheduler, read-only, about jobs recorded as live); their current JobInfo."""
+        for name in names:
+            if name not in self.run_dirs:
+                raise CkError("--rerun", name, "no scaffolded run of that name",
+                              f"use one of: {', '.join(self.run_dirs) or '(none)'}")
+        recorded_live = [name for name in dict.fromkeys(names) if name in self.live_runs()]
+        jobs = {name: self.job(name) for name in recorded_live}
+        infos = self.executor.poll(list(jobs.values())) if jobs else {}
+        current = {name: infos[job.id] for name, job in jobs.items()}
+        for name, info in current.items():
+            if not is_terminal(info.state):
+                job_id = self.state.runs[name].job_id
+                cancel = f"scancel {job_id}" if self.executor.name == "slurm" else "wait for it to end"
+                raise CkError("--rerun", name, f"its job {job_id} is still {info.state}",
+                              f"{cancel}, or reattach with `ck run --resume {self.exp_dir}`")
+        return current
+
+    def rerun(self, names: list[str], current: dict[str, JobInfo]) -> None:
+        """Forget the ended job of each named run (kept in `attempts` and the log), so it is submitted again."""
+        for name in dict.fromkeys(names):
+            run = self.state.runs.get(name)
+            if run is None or run.job_id is None:
+                continue  # no job yet: it is submitted anyway
+            if name in current:  # ended since it was last recorded
+                apply_info(run, current[name], time.time())
+            run.attempts = (run.attempts or []) + [{"job_id": run.job_id, "state": run.state, "exit_code": run.exit_code}]
+            self.log("RERUN", f"{name}: job {run.job_id} ({run.state}) will be replaced by a new job",
+                     command=self.command, result=f"attempt {len(run.attempts) + 1}",
+                     explanation="asked for with --rerun; the earlier job stays in .ck-run-state.json `attempts`",
+                     extra={"Job ID": run.job_id})
+            self.display.message(f"{_clock()} {name}: rerun requested, replacing job {run.job_id} ({run.state})")
+            self._record_job(run, None, None)
+            run.state = "NOT_SUBMITTED"
+        self.state.save()
+
+    def log_submission_pass(self) -> None:
+        """After the runs this invocation could submit are submitted: how many runs have a job."""
+        total = len(self.runs)
+        with_job = sum(1 for name, _ in self.runs if self.state.runs.get(name, RunState()).job_id)
+        refused = sorted(self.refused_now)
+        jobs = ", ".join(f"{n}={r.job_id}" for n, r in self.state.runs.items() if r.job_id) or "-"
+        if not refused:
+            self.log("ALL_SUBMITTED", f"all {total} run(s) have a job ({self.submitted_now} submitted by this command)",
+                     command=self.command, result=jobs, explanation="-")
+            return
+        self.log("SUBMIT_INCOMPLETE", f"{with_job} of {total} run(s) have a job ({self.submitted_now} submitted by "
+                 f"this command); {len(refused)} refused: {', '.join(refused)}", command=self.command, result=jobs,
+                 explanation=f"see the SUBMIT_FAILED entries; after fixing the cause `ck run {self.exp_dir}` submits them")
+
     # -- polling
 
     def poll_once(self) -> None:
         live = self.live_runs()
         if not live:
             return
+        jobs = {name: self.job(name) for name in live}
         try:
-            infos = self.executor.states([self.state.runs[name].job_id for name in live])
+            infos = self.executor.poll(list(jobs.values()))
         except CkError as err:  # e.g. slurmctld restarting: keep the last known states, try again next poll
             if self._poll_error is None:
                 self.log("POLL_FAILED", "could not query the jobs' states; retrying every poll",
@@ -409,51 +476,37 @@ class Monitor:
             self._poll_error = None
         now = time.time()
         changed = False
-        for name in live:
-            run = self.state.runs[name]
-            info = infos.get(run.job_id, JobInfo(run.job_id, UNKNOWN))
-            changed |= self._apply(name, run, info, now)
+        for name, job in jobs.items():
+            changed |= self._apply(name, self.state.runs[name], job, infos[job.id], now)
         if changed:
             self.state.save()
 
-    def _apply(self, name: str, run: RunState, info: JobInfo, now: float) -> bool:
-        new_state = info.state
-        if new_state == UNKNOWN:
+    def _apply(self, name: str, run: RunState, job: Job, info: JobInfo, now: float) -> bool:
+        if info.state == UNKNOWN:
             if run.first_unknown_at is None:
                 run.first_unknown_at = now
                 return True
             if now - run.first_unknown_at < self.lost_after:
                 return False
-            new_state = "LOST"
             info = JobInfo(info.job_id, "LOST", None,
                            f"no squeue/sacct record for {now - run.first_unknown_at:.0f} s (purged, or never existed)")
         else:
             run.first_unknown_at = None
-        new_state = reported_state(new_state, self.log_path(name, run))
-        if new_state == run.state:
+        if info.state == run.state:
             return False
         previous = run.state
-        run.state = new_state
-        run.exit_code = info.exit_code
-        run.message = info.reason if new_state != "OOM" else "CUDA out of memory (see the job log)"
-        if new_state not in ("PENDING", "UNKNOWN") and run.running_since is None:
-            run.running_since = now
-        if is_terminal(new_state):
-            run.ended_at = now
-        self.log("STATE_CHANGE", f"{name} job {run.job_id}: {previous} -> {new_state}",
-                 command=f"{self.executor.name} poll", result=new_state, explanation=info.reason or "-",
-                 extra={"Job ID": run.job_id, "Previous": previous, "Current": new_state})
-        self.display.message(f"{_clock()} {name}: job {run.job_id} {previous} -> {new_state}"
+        apply_info(run, info, now)
+        self.log("STATE_CHANGE", f"{name} job {run.job_id}: {previous} -> {run.state}",
+                 command=f"{self.executor.name} poll", result=run.state, explanation=info.reason or "-",
+                 extra={"Job ID": run.job_id, "Previous": previous, "Current": run.state})
+        self.display.message(f"{_clock()} {name}: job {run.job_id} {previous} -> {run.state}"
                              + (f" (exit {info.exit_code})" if info.exit_code not in (None, 0) else ""))
-        if is_terminal(new_state) and new_state != "COMPLETED":
-            self._report_failure(name, run)
+        if is_terminal(run.state) and run.state != "COMPLETED":
+            self._report_failure(name, run, job)
         return True
 
-    def log_path(self, name: str, run: RunState) -> Path:
-        return job_log_path(self.run_dirs[name], run.job_id)
-
-    def _report_failure(self, name: str, run: RunState) -> None:
-        log = self.log_path(name, run)
+    def _report_failure(self, name: str, run: RunState, job: Job) -> None:
+        log = job.log
         tail = log_tail(log)
         code = "-" if run.exit_code is None else str(run.exit_code)
         self.display.message(f"{name}: job {run.job_id} {run.state}, exit code {code}; {run.message or ''}\n"
@@ -463,9 +516,9 @@ class Monitor:
                  explanation=(run.message or "-") + " | last log line: " + (tail[-1] if tail else "(no log)"),
                  extra={"Job ID": run.job_id, "Exit code": code})
         if run.state == "OOM" and run.oom_retries < self.retry_oom:
-            self._retry_oom(name, run)
+            self.resubmit_after_oom(name, run)
 
-    def _retry_oom(self, name: str, run: RunState) -> None:
+    def resubmit_after_oom(self, name: str, run: RunState) -> None:
         try:
             old, new = halve_batch_size(self.run_dirs[name])
         except CkError as err:
@@ -480,6 +533,14 @@ class Monitor:
                  result=f"retry {run.oom_retries} of {self.retry_oom}", explanation="the job ran out of GPU memory")
         self.submit(name)
 
+    # -- the end
+
+    def completion_logged(self) -> bool:
+        """Whether ALL_COMPLETE was written after the latest submission (so it is written once)."""
+        actions = [entry.action for entry in explog.read_log(self.exp_dir, "run")]
+        last = {action: i for i, action in enumerate(actions)}
+        return last.get("ALL_COMPLETE", -1) > max(last.get("SUBMIT_JOB", -1), last.get("RERUN", -1))
+
     # -- summary
 
     def rows(self) -> list[dict]:
@@ -487,13 +548,25 @@ class Monitor:
 
     def write_summary(self) -> None:
         rows = self.rows()
-        key = json.dumps([(r["run"], r["job_id"], r["state"], r["exit_code"]) for r in rows])
+        key = json.dumps([(r["run"], r["job_id"], r["state"], r["exit_code"], r["elapsed"]) for r in rows])
         if key != self._summary_body:
             set_section(self.exp_dir / SUMMARY_NAME, JOBS_HEADING, jobs_markdown(rows, self.executor.name))
             self._summary_body = key
 
     def final_states(self) -> dict[str, str]:
         return {name: self.state.runs.get(name, RunState()).state for name, _ in self.runs}
+
+
+def apply_info(run: RunState, info: JobInfo, now: float) -> None:
+    """Record a job's state (ours), exit code, reason, and its start and end times: the scheduler's
+    own when it gives them (a job that ran between two polls still shows how long it ran)."""
+    run.state, run.exit_code, run.message = info.state, info.exit_code, info.reason
+    if info.started_at is not None:
+        run.running_since = info.started_at
+    elif run.running_since is None and info.state not in ("PENDING", UNKNOWN) and not is_terminal(info.state):
+        run.running_since = now
+    if is_terminal(info.state):
+        run.ended_at = info.ended_at or (now if run.running_since is not None else None)
 
 
 def _make_executor(executor: str | Executor, exp_dir: Path, max_local_jobs: int | None) -> Executor:
@@ -515,11 +588,14 @@ def _sleep(seconds: float) -> None:
 def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "local", max_submit: int | None = None,
                    stagger: float = 0.0, poll: float = DEFAULT_POLL, detach: bool = False, resume: bool = False,
                    live: bool = True, retry_oom: int = 0, lost_after: float | None = None,
-                   max_local_jobs: int | None = None, out: IO[str] | None = None) -> dict[str, str]:
-    """Submit every scaffolded run not yet submitted and monitor until all jobs are terminal.
+                   max_local_jobs: int | None = None, rerun: list[str] | None = None,
+                   command: str | None = None, out: IO[str] | None = None) -> dict[str, str]:
+    """Submit every scaffolded run that has no job (refused ones included, once each) and monitor
+    until all jobs have ended. `rerun`: runs whose ended job is replaced by a new one. `command`:
+    the command line to log (default: the equivalent `ck run`).
 
-    Returns {run name: state}: final states, or the current ones after --detach. Ctrl-C leaves the
-    jobs running (logged as DETACH) and re-raises KeyboardInterrupt.
+    Returns {run name: state}: final states, or the current ones after --detach. Ctrl-C (or a
+    closed stdout) leaves the jobs running (logged as DETACH) and re-raises.
     """
     exp_dir = Path(exp_dir).resolve()
     if not exp_dir.is_dir():
@@ -531,8 +607,11 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
                       "e.g. --poll 15 --stagger 0 --retry-oom 1")
     out = out or sys.stdout
     executor_obj = _make_executor(executor, exp_dir, max_local_jobs)
+    command = command or run_command_line(exp_dir, executor=executor_obj.name, max_submit=max_submit, stagger=stagger,
+                                          poll=poll, detach=detach, resume=resume, live=live, retry_oom=retry_oom,
+                                          lost_after=lost_after, rerun=rerun)
     monitor = Monitor(exp_dir, executor_obj, poll=poll, lost_after=lost_after if lost_after is not None else max(60.0, 3 * poll),
-                      retry_oom=retry_oom, display=Display(out, live))
+                      retry_oom=retry_oom, display=Display(out, live), command=command)
     state = monitor.state
     if not monitor.runs:
         raise CkError("experiment_dir", str(exp_dir), f"has no scaffolded run (no */{SCRIPT_NAME})",
@@ -542,16 +621,27 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
     if state.executor not in (None, executor_obj.name):
         raise CkError("executor", executor_obj.name, f"these jobs were submitted with the {state.executor} executor",
                       f"use --executor {state.executor}")
+    ended = monitor.check_rerun(rerun or [])
+    oom_to_retry = [name for name, _ in monitor.runs if (run := state.runs.get(name)) is not None
+                    and run.state == "OOM" and run.oom_retries < retry_oom]
+    if monitor.unsubmitted() or rerun or oom_to_retry:
+        executor_obj.preflight()  # nothing is recorded before the scheduler answers
+    executor_obj.resume_queue()
     state.executor = executor_obj.name
     monitor.recover_interrupted_submissions()
+    if rerun:
+        monitor.rerun(rerun, ended)
     if resume:
-        monitor.log("RESUME", f"reattached to {len(monitor.live_runs())} live job(s)", command=f"ck run --resume {exp_dir}",
-                    result=f"{len(monitor.unsubmitted())} run(s) still to submit", explanation="nothing is resubmitted")
+        monitor.log("RESUME", f"reattached to {len(monitor.live_runs())} live job(s)", command=command,
+                    result=f"{len(monitor.unsubmitted())} run(s) to submit",
+                    explanation="runs with a job are never resubmitted; runs without one are submitted")
         monitor.display.message(f"{_clock()} reattached: {len(monitor.live_runs())} live job(s), "
-                                f"{len(monitor.unsubmitted())} run(s) still to submit")
+                                f"{len(monitor.unsubmitted())} run(s) to submit")
     state.save()
+    for name in oom_to_retry:  # ended OOM before --retry-oom was given (or while nobody watched)
+        monitor.resubmit_after_oom(name, state.runs[name])
 
-    logged_all_submitted = not monitor.unsubmitted()
+    pass_logged = not monitor.unsubmitted()
     try:
         while True:
             for name in monitor.unsubmitted():
@@ -560,15 +650,14 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
                 monitor.submit(name)
                 if stagger and monitor.unsubmitted():
                     _sleep(stagger)
-            if not logged_all_submitted and not monitor.unsubmitted():
-                logged_all_submitted = True
-                monitor.log("ALL_SUBMITTED", f"all {len(monitor.runs)} run(s) submitted", command=f"ck run {exp_dir}",
-                            result=", ".join(f"{n}={r.job_id}" for n, r in state.runs.items() if r.job_id), explanation="-")
+            if not pass_logged and not monitor.unsubmitted():
+                pass_logged = True
+                monitor.log_submission_pass()
             monitor.poll_once()
             monitor.write_summary()
             if detach:
                 left = len(monitor.unsubmitted())
-                monitor.log("DETACH", "monitor detached (--detach)", command=f"ck run --detach {exp_dir}",
+                monitor.log("DETACH", "monitor detached (--detach)", command=command,
                             result=f"{len(monitor.live_runs())} live job(s), {left} run(s) not yet submitted",
                             explanation=reattach_hint(exp_dir))
                 monitor.display.final(monitor.rows())
@@ -578,11 +667,14 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
                 break
             monitor.display.table(monitor.rows())
             _sleep(poll)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):
         state.save()
-        monitor.log("DETACH", "monitor interrupted (Ctrl-C)", command=f"ck run {exp_dir}",
+        monitor.log("DETACH", "monitor interrupted (Ctrl-C or closed output)", command=command,
                     result=f"{len(monitor.live_runs())} live job(s)", explanation=reattach_hint(exp_dir))
-        monitor.display.message("\n" + reattach_hint(exp_dir))
+        try:
+            monitor.display.message("\n" + reattach_hint(exp_dir))
+        except BrokenPipeError:
+            pass
         raise
 
     final = monitor.final_states()
@@ -590,32 +682,51 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
     for value in final.values():
         counts[value] = counts.get(value, 0) + 1
     monitor.write_summary()
-    monitor.log("ALL_COMPLETE", "every job has ended", command=f"ck run {exp_dir}",
-                result=", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
-                explanation="all COMPLETED" if set(final.values()) == {"COMPLETED"} else "some runs did not complete; see the JOB_ entries")
+    if not monitor.completion_logged():
+        monitor.log("ALL_COMPLETE", "every job has ended", command=command,
+                    result=", ".join(f"{k}={v}" for k, v in sorted(counts.items())),
+                    explanation="all COMPLETED" if set(final.values()) == {"COMPLETED"} else "some runs did not complete; see the JOB_ entries")
     monitor.display.final(monitor.rows())
     return final
 
 
+def current_runs(exp_dir: Path, state: RunStateFile, run_dirs: dict[str, Path], *, strict: bool = True) -> dict[str, RunState]:
+    """The recorded runs, live jobs refreshed by one read-only poll (our states, the scheduler's
+    times). Nothing is written or started. With strict=False a failing poll leaves them as recorded."""
+    runs = {name: RunState(**vars(run)) for name, run in state.runs.items()}
+    if not state.executor:
+        return runs
+    executor = _make_executor(state.executor, exp_dir, 1)
+    live = {n: executor.job(r.job_id, run_dirs.get(n, exp_dir / n), n)
+            for n, r in runs.items() if r.job_id and not is_terminal(r.state)}
+    try:
+        infos = executor.poll(list(live.values()))
+    except CkError:
+        if strict:
+            raise
+        return runs
+    now = time.time()
+    for name, job in live.items():
+        if infos[job.id].state != UNKNOWN:
+            apply_info(runs[name], infos[job.id], now)
+    return runs
+
+
+def experiment_runs(exp_dir: str | os.PathLike, *, strict: bool = False) -> dict[str, RunState]:
+    """{run: RunState} as of now (see current_runs): what `ck summarize` reads."""
+    exp_dir = Path(exp_dir).resolve()
+    return current_runs(exp_dir, RunStateFile.load(exp_dir), dict(scaffolded_runs(exp_dir)), strict=strict)
+
+
 def experiment_status(exp_dir: str | os.PathLike, *, max_local_jobs: int | None = None) -> dict:
-    """One poll, nothing written except by the executor itself (the local queue may start a job)."""
+    """One read-only poll: nothing is written, submitted or started."""
     exp_dir = Path(exp_dir).resolve()
     if not exp_dir.is_dir():
         raise CkError("experiment_dir", str(exp_dir), "not a directory", "give the directory `ck scaffold` filled")
     state = RunStateFile.load(exp_dir)
-    runs = scaffolded_runs(exp_dir)
-    known = dict(runs)
+    known = dict(scaffolded_runs(exp_dir))
     for name in state.runs:  # runs that were submitted but whose directory has gone
         known.setdefault(name, exp_dir / name)
-    runs = list(known.items())
-    if state.executor:
-        executor = _make_executor(state.executor, exp_dir, max_local_jobs)
-        live = {n: r for n, r in state.runs.items() if r.job_id and not is_terminal(r.state)}
-        infos = executor.states([r.job_id for r in live.values()])
-        for name, run in live.items():
-            info = infos[run.job_id]
-            if info.state != UNKNOWN:
-                run.state = reported_state(info.state, job_log_path(known[name], run.job_id))
-                run.exit_code, run.message = info.exit_code, info.reason
-    rows = job_rows(runs, state)
+    state.runs = current_runs(exp_dir, state, known)
+    rows = job_rows(list(known.items()), state)
     return {"experiment_dir": str(exp_dir), "executor": state.executor, "submitted": state.exists(), "runs": rows}

@@ -132,7 +132,7 @@ def run_sanity_check(
 
     progress.begin(3, f"run {len(scaffold.runs)} runs ({executor})")
     states = run_experiment(exp_dir, executor=executor, live=live, out=out, max_local_jobs=settings.max_local_jobs,
-                            poll=LOCAL_POLL_SECONDS if executor == "local" else SLURM_POLL_SECONDS)
+                            poll=LOCAL_POLL_SECONDS if executor == "local" else SLURM_POLL_SECONDS, command=command)
     progress.done(3, "runs ended: " + ", ".join(f"{run} {state}" for run, state in (states or {}).items()))
 
     progress.begin(4, "summarize")

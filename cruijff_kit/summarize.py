@@ -643,11 +643,11 @@ def _compare(exp: Experiment, runs: list[RunSummary]) -> list[str]:
 
 
 def _job_states(exp_path: Path) -> dict:
-    """The monitor's record of each run's job ({} when the runs were not launched by `ck run`)."""
+    """Each run's job as of now, in the monitor's states ({} when the runs were not launched by `ck run`)."""
     try:
-        from cruijff_kit.monitor import RunStateFile
+        from cruijff_kit.monitor import experiment_runs
 
-        return RunStateFile.load(exp_path).runs
+        return experiment_runs(exp_path)
     except CkError:
         return {}
 

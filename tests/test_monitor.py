@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -135,7 +136,7 @@ def test_submission_interrupted_before_its_job_id_was_recorded_is_not_repeated(k
         make_run(exp, name, f"echo ran >> {tmp_path}/{name}_runs")
     executor = LocalExecutor(exp / LOCAL_STATE_DIR) if kind == "local" else SlurmExecutor()
     t0 = time.time()
-    job_a = executor.submit(exp / "a")  # submitted, then the monitor was killed before recording it;
+    job_a = executor.submit(exp / "a").id  # submitted, then the monitor was killed before recording it;
     (exp / STATE_NAME).write_text(json.dumps({"version": 1, "executor": kind, "runs": {  # b: killed before sbatch
         "a": {"submit_intent": t0}, "b": {"submit_intent": t0}}}))
     final = run_experiment(exp, executor=kind, poll=0.2, live=False, out=io.StringIO())
@@ -152,7 +153,7 @@ def test_submission_intent_is_saved_before_the_scheduler_is_asked(tmp_path, monk
     executor = LocalExecutor(exp / LOCAL_STATE_DIR)
     seen = []
     real_submit = executor.submit
-    monkeypatch.setattr(executor, "submit", lambda run_dir: seen.append(read_state(exp)["a"]) or real_submit(run_dir))
+    monkeypatch.setattr(executor, "submit", lambda run_dir, run=None: seen.append(read_state(exp)["a"]) or real_submit(run_dir, run))
     assert run_experiment(exp, executor=executor, poll=0.2, live=False, out=io.StringIO()) == {"a": "COMPLETED"}
     assert seen[0]["submit_intent"] is not None and seen[0]["job_id"] is None
     assert read_state(exp)["a"]["submit_intent"] is None
@@ -213,6 +214,23 @@ def test_cuda_oom_is_reported_and_retried_at_half_batch_size(kind, tmp_path):
     assert "CUDA out of memory" in out.getvalue()
 
 
+@pytest.mark.parametrize("kind", EXECUTORS)
+def test_skill_path_oom_then_retry_oom_command(kind, tmp_path, capsys):
+    """Skill: a run ends OOM -> `ck run EXP_DIR --retry-oom 1` resubmits it at half the batch size."""
+    exp = tmp_path / "exp"
+    run_dir = make_run(exp, "big", OOM_BODY.replace("python3", sys.executable).replace("-gt 4", "-gt 8"))
+    (run_dir / "finetune.yaml").write_text("batch_size: 16\n")
+    command = ["run", str(exp), "--executor", kind, "--poll", str(POLL), "--no-live"]
+    assert main(command) == 1
+    assert read_state(exp)["big"]["state"] == "OOM"
+    assert "CUDA out of memory" in capsys.readouterr().out
+    assert main([*command, "--retry-oom", "1"]) == 0
+    run = read_state(exp)["big"]
+    assert run["state"] == "COMPLETED" and run["oom_retries"] == 1 and run["attempts"][0]["state"] == "OOM"
+    assert yaml.safe_load((run_dir / "finetune.yaml").read_text())["batch_size"] == 8
+    assert actions(exp).count("RETRY_OOM") == 1 and actions(exp).count("ALL_COMPLETE") == 2
+
+
 def test_status_reports_a_cuda_oom_like_the_monitor(tmp_path, capsys):
     exp = tmp_path / "exp"
     run_dir = make_run(exp, "big", OOM_BODY.replace("python3", sys.executable))
@@ -242,6 +260,67 @@ def test_detach_then_status_then_resume(tmp_path, capsys, monkeypatch):
     assert actions(exp).count("SUBMIT_JOB") == 1 and {"DETACH", "RESUME", "ALL_COMPLETE"} <= set(actions(exp))
 
 
+def test_detached_local_experiment_runs_to_the_end_with_nobody_polling(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    for i in range(3):
+        make_run(exp, f"r{i}", f"sleep 0.5\ntouch {tmp_path}/done{i}")
+    env_cap = {"CK_MAX_LOCAL_JOBS": "1"}  # more runs than local slots: two wait in the queue
+    detach = subprocess.run([sys.executable, "-m", "cruijff_kit", "run", str(exp), "--executor", "local", "--detach"],
+                            env={**os.environ, **env_cap}, capture_output=True, text=True, timeout=60)
+    assert detach.returncode == 0, detach.stderr
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"done{i}").exists() for i in range(3)):  # nobody runs ck status or ck run
+        assert time.monotonic() < deadline, "queued local jobs did not start on their own"
+        time.sleep(0.2)
+    recorded = {p: p.read_bytes() for p in [exp / STATE_NAME, exp / "run-experiment.log", exp / "experiment_summary.md"]}
+    deadline = time.monotonic() + 30
+    while True:
+        assert main(["status", str(exp), "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)["runs"]
+        if all(r["state"] == "COMPLETED" for r in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [r["state"] for r in rows] == ["COMPLETED"] * 3
+    assert all(r["elapsed"] not in ("-",) for r in rows)
+    assert {p: p.read_bytes() for p in recorded} == recorded  # `ck status` wrote nothing
+    assert main(["run", "--resume", str(exp), "--poll", "0.2", "--no-live"]) == 0
+    assert actions(exp).count("ALL_COMPLETE") == 1 and actions(exp).count("SUBMIT_JOB") == 3
+
+
+def test_elapsed_of_a_job_that_ran_between_two_polls_is_its_run_time(tmp_path):
+    exp = tmp_path / "exp"
+    make_run(exp, "quick", "sleep 1.5")
+    assert run_experiment(exp, executor="local", poll=4, live=False, out=io.StringIO()) == {"quick": "COMPLETED"}
+    jobs = get_section((exp / "experiment_summary.md").read_text(), "Jobs")
+    h, m, sec = map(int, re.search(r"\| quick \| local-1 \| COMPLETED \| 0 \| (\d+):(\d\d):(\d\d) \|", jobs).groups())
+    assert 1 <= 3600 * h + 60 * m + sec < 4  # the job's own start and end, not when the monitor looked (poll 4 s)
+
+
+def test_rerun_refuses_a_live_job_and_an_unknown_run_and_records_nothing(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    make_run(exp, "slow", f"test -f {tmp_path}/quick || sleep 30")
+    assert main(["run", str(exp), "--executor", "local", "--detach"]) == 0
+    before = (exp / STATE_NAME).read_bytes(), (exp / "run-experiment.log").read_bytes()
+    capsys.readouterr()
+    assert main(["run", str(exp), "--rerun", "slow"]) == 2
+    assert "is still" in capsys.readouterr().err
+    assert main(["run", str(exp), "--rerun", "other"]) == 2
+    assert "use one of: slow" in capsys.readouterr().err
+    assert ((exp / STATE_NAME).read_bytes(), (exp / "run-experiment.log").read_bytes()) == before
+
+    first = read_state(exp)["slow"]["job_id"]
+    executor = LocalExecutor(exp / LOCAL_STATE_DIR)
+    executor.cancel([first])  # it ends while nobody watches: the state file still says it runs
+    deadline = time.monotonic() + 20
+    while executor.states([first])[first].state != "CANCELLED":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    (tmp_path / "quick").touch()
+    assert main(["run", str(exp), "--rerun", "slow", "--poll", "0.2", "--no-live"]) == 0
+    run = read_state(exp)["slow"]
+    assert run["state"] == "COMPLETED" and run["attempts"] == [{"job_id": first, "state": "CANCELLED", "exit_code": None}]
+
+
 def test_ctrl_c_leaves_jobs_running_and_says_how_to_reattach(tmp_path):
     exp = tmp_path / "exp"
     make_run(exp, "a", f"sleep 2\ntouch {tmp_path}/finished")
@@ -254,7 +333,7 @@ def test_ctrl_c_leaves_jobs_running_and_says_how_to_reattach(tmp_path):
     monitor.send_signal(signal.SIGINT)
     output, _ = monitor.communicate(timeout=20)
     assert monitor.returncode == 130
-    assert f"ck run --resume {exp}" in output
+    assert f"ck run --resume {exp}" in output and "Traceback" not in output
     assert "DETACH" in actions(exp)
     deadline = time.monotonic() + 20
     while not (tmp_path / "finished").exists():  # the job outlived its monitor

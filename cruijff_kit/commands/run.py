@@ -33,12 +33,16 @@ def _seconds(text: str) -> float:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Submit every scaffolded run of EXP_DIR that has no job yet, record the job ids in "
-        "EXP_DIR/.ck-run-state.json and run-experiment.log, and show a live table (run, job id, state, "
-        "elapsed, last step and loss) until every job has ended. Ctrl-C or --detach leaves the jobs "
-        "running; `ck run --resume EXP_DIR` reattaches without submitting anything twice. "
-        "Exit code 0 only if every run COMPLETED (with --detach: if every submission succeeded).")
-    parser.epilog = "examples: ck run EXP_DIR --executor slurm --max-submit 4   |   ck run --resume EXP_DIR"
+        "Submit every scaffolded run of EXP_DIR that has no job (never submitted, or refused earlier: "
+        "SUBMIT_FAILED), record the job ids in EXP_DIR/.ck-run-state.json and run-experiment.log, and show "
+        "a live table (run, job id, state, elapsed, last step and loss) until every job has ended. "
+        "With --executor slurm the controller must answer first (`scontrol ping`), else nothing is "
+        "submitted (exit 2). Ctrl-C or --detach leaves the jobs running; `ck run --resume EXP_DIR` "
+        "reattaches without submitting any run twice. A run whose job ended badly gets a new job only "
+        "when asked: --rerun RUN. Exit code 0 only if every run COMPLETED (with --detach: if no run "
+        "has ended badly).")
+    parser.epilog = ("examples: ck run EXP_DIR --executor slurm --max-submit 4   |   ck run --resume EXP_DIR   |   "
+                     "ck run EXP_DIR --rerun RUN_NAME")
     parser.add_argument("exp_dir", metavar="EXP_DIR", help="experiment directory (holds experiment_summary.md and one dir per run), "
                              "or its name under <scratch>/ck-sanity-checks/ or ck-experiments/")
     parser.add_argument("--executor", choices=("local", "slurm"), default=None,
@@ -53,6 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"seconds between status polls (default {DEFAULT_POLL:g}; one squeue per poll for all jobs)")
     parser.add_argument("--detach", action="store_true", help="submit, then return at once leaving the jobs running")
     parser.add_argument("--resume", action="store_true", help="reattach to the jobs recorded in EXP_DIR/.ck-run-state.json")
+    parser.add_argument("--rerun", action="append", metavar="RUN", default=[],
+                        help="give RUN, whose job has ended (FAILED, CANCELLED, ...), a new job after you fixed "
+                             "the cause; the old job stays in the state file's attempts and in the log (repeatable)")
     parser.add_argument("--retry-oom", type=int, metavar="N", default=0,
                         help="resubmit a run that ran out of GPU memory up to N times, halving batch_size each time (default 0)")
     parser.add_argument("--lost-after", type=_seconds, metavar="S", default=None,
@@ -72,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         raise CkError("--poll", poll, "must be > 0 seconds", "e.g. --poll 15")
     states = run_experiment(exp_dir, executor=executor, max_submit=args.max_submit, stagger=args.stagger,
                             poll=poll, detach=args.detach, resume=args.resume, live=args.live,
-                            retry_oom=args.retry_oom, lost_after=args.lost_after, max_local_jobs=settings.max_local_jobs)
+                            retry_oom=args.retry_oom, lost_after=args.lost_after, max_local_jobs=settings.max_local_jobs,
+                            rerun=args.rerun, command=getattr(args, "command_line", None))
     # with --detach only runs that already ended badly count; otherwise every run must have COMPLETED
     failed = {run: state for run, state in states.items()
               if state != "COMPLETED" and (is_terminal(state) or not args.detach)}

@@ -13,8 +13,9 @@ from cruijff_kit.monitor import experiment_status, format_table
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Show each run's job id, state, elapsed time and last training step and loss, with one "
-        "scheduler query for all jobs. Nothing is submitted or cancelled. Exit code 0 unless a job "
-        "ended in a state other than COMPLETED.")
+        "scheduler query for all jobs. It only reads: nothing is submitted, started, cancelled or "
+        "written (`ck run --resume EXP_DIR` records the states in the run log and the Jobs table). "
+        "Exit code 0 unless a job ended in a state other than COMPLETED.")
     parser.add_argument("exp_dir", metavar="EXP_DIR", help="experiment directory given to `ck run`, "
                         "or its name under <scratch>/ck-sanity-checks/ or ck-experiments/")
     parser.add_argument("--json", action="store_true", help="print the status as JSON")
