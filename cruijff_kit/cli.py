@@ -24,7 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "sanity-check": ("sanity_check", "design -> scaffold -> run -> summarize in one command"),
     "config": ("config", "show or set settings (scratch dir, models dir, SLURM account, ...)"),
     "log": ("log", "append an entry to an experiment's workflow log"),
-    "models": ("models", "build the embedded tiny model"),
+    "models": ("models", "build the embedded tiny model; verify or list model directories"),
 }
 
 
