@@ -72,32 +72,37 @@ def llama3_tokenizer_file() -> Path:
     raise CkError("llama-models", "installed", "has no llama3/tokenizer.model", "pip install llama-models==0.3.0")
 
 
+def safetensors_header(shapes: dict[str, list[int]], dtype: str) -> tuple[bytes, int]:
+    """(the 8-byte length + JSON header of a safetensors file holding `shapes` in name order, the data bytes)."""
+    itemsize = {"BF16": 2, "F16": 2, "F32": 4}[TORCH_DTYPES[dtype]]
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name in sorted(shapes):
+        nbytes = math.prod(shapes[name]) * itemsize
+        header[name] = {"dtype": TORCH_DTYPES[dtype], "shape": shapes[name], "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    return len(blob).to_bytes(8, "little") + blob, offset
+
+
 def write_safetensors_streaming(path: Path, shapes: dict[str, list[int]], dtype: str, fill) -> None:
     """Write a safetensors file tensor by tensor: `fill(name, shape, rows)` returns the fp32 values of
     rows [rows.start, rows.stop) of the tensor (all of a 1-D tensor)."""
     import torch
 
-    code = TORCH_DTYPES[dtype]
     torch_dtype = getattr(torch, _TORCH_NAMES[dtype])
-    itemsize = torch.empty((), dtype=torch_dtype).element_size()
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    names = sorted(shapes)
-    for name in names:
-        nbytes = math.prod(shapes[name]) * itemsize
-        header[name] = {"dtype": code, "shape": shapes[name], "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
+    head, _ = safetensors_header(shapes, dtype)
     with path.open("wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for name in names:
+        f.write(head)
+        for name in sorted(shapes):
             shape = shapes[name]
-            row_elems = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-            step = max(1, CHUNK_ELEMENTS // row_elems) if len(shape) > 1 else 1
-            for start in range(0, shape[0] if len(shape) > 1 else 1, step):
-                rows = range(start, min(start + step, shape[0])) if len(shape) > 1 else range(0, 1)
+            if len(shape) == 1:
+                chunks = [range(0, 1)]
+            else:
+                step = max(1, CHUNK_ELEMENTS // math.prod(shape[1:]))
+                chunks = [range(start, min(start + step, shape[0])) for start in range(0, shape[0], step)]
+            for rows in chunks:
                 values = fill(name, shape, rows).to(torch_dtype).contiguous()
                 f.write(values.view(torch.uint8).numpy().tobytes())
 
