@@ -247,5 +247,5 @@ def test_design_refuses_a_model_directory_that_fails_verification(tiny, tmp_path
                  "--scratch", str(tmp_path / "scratch"), "--models-dir", str(tiny.parent),
                  "--data-dir", str(tmp_path / "data")])
     assert code == 2
-    assert f"{tiny}/config.json: num_hidden_layers: 3, but lora_tiny_llama builds 2" in capsys.readouterr().out
+    assert f"{tiny}/config.json: num_hidden_layers: 3, but lora_tiny_llama builds 2" in capsys.readouterr().err
     assert not (tmp_path / "scratch" / "ck-sanity-checks" / "broken_model").exists()

@@ -308,10 +308,11 @@ def _weight_files(model_dir: Path, spec: ModelSpec, problems: list[Problem]) -> 
 
 def _check_weights(model_dir: Path, config: dict[str, Any], spec: ModelSpec, report: ModelReport) -> None:
     problems = report.problems
+    before = len(problems)
     where, files = _weight_files(model_dir, spec, problems)
     report.checkpoint_files = [p.name for p in files]
     found: dict[str, dict[str, Any]] = {}
-    unreadable = False
+    unreadable = len(problems) > before  # a missing file: its tensors' absence is no news
     for path, indexed in files.items():
         try:
             header = read_safetensors_header(path)
