@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -105,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ask_for_peak_memory(finetune_yaml: Path) -> None:
     """torchtune logs peak_memory_* with each train line when asked (not a setup_finetune.yaml key)."""
-    text = finetune_yaml.read_text()
-    finetune_yaml.write_text(text.replace("log_peak_memory_stats: false", "log_peak_memory_stats: true"))
+    text, count = re.subn(r"(?mi)^log_peak_memory_stats:\s*false\s*$", "log_peak_memory_stats: true",
+                          finetune_yaml.read_text())
+    if count != 1 or yaml.safe_load(text)["log_peak_memory_stats"] is not True:
+        raise SystemExit(f"gpu_seed: cannot find log_peak_memory_stats in {finetune_yaml}")
+    finetune_yaml.write_text(text)
 
 
 def rendered_val_rows(rendered) -> int:
@@ -118,15 +122,15 @@ def _report(device, timing, wall, startup, torchtune_peak_gib, smi_peak_mib, tra
     low, high = SEED_CLAIM_MIN
     total = projection["total_min"]
     verdict = "within" if low <= total <= high else ("faster than" if total < low else "slower than")
-    smi = f"{smi_peak_mib / 1024:.2f} GiB" if smi_peak_mib is not None else "n/a (no nvidia-smi)"
+    smi = f"{smi_peak_mib / 1024:.2f} GiB (nvidia-smi, whole run)" if smi_peak_mib is not None else "nvidia-smi not available"
     print(f"""
 device                {device}
 config                bit_length 15, {train_rows} train / {rendered_val_rows(rendered)} validation rows, batch {rendered['batch_size']}, {rendered['dtype']}, LoRA rank {rendered['model']['lora_rank']}, val every {rendered['run_val_every_n_steps']} steps, batch_size_val {rendered['batch_size_val']}
 measured              {timing.steps} steps in {timing.seconds:.1f} s of training ({wall:.1f} s wall, {startup:.1f} s start-up)
 steps/s               {timing.steps_per_s:.2f}   (training only, validation excluded)
-tokens/s              {timing.tokens_per_s:.0f}   (label tokens, torchtune's tokens_per_second_per_gpu)
-validation            {timing.val_rows} rows in {timing.val_seconds:.1f} s: {timing.val_rows_per_s:.0f} rows/s, {timing.val_share:.0%} of training time
-peak GPU memory       {torchtune_peak_gib:.2f} GiB reserved (torchtune); {smi} (nvidia-smi, over the whole run)
+tokens/s              {timing.tokens_per_s:.1f}   (label tokens, torchtune's tokens_per_second_per_gpu)
+validation            {timing.val_rows} rows in {timing.val_seconds:.1f} s: {timing.val_rows_per_s:.1f} rows/s, {timing.val_share:.0%} of training time
+peak GPU memory       {torchtune_peak_gib:.2f} GiB reserved (torchtune's peak_memory_reserved); {smi}
 full seed run         {projection['steps']} steps (10 epochs x {train_rows} rows), {projection['validations']} validations of 4000 rows
 projected             {total:.0f} min per run = {projection['train_min']:.0f} training + {projection['val_min']:.0f} validating + {startup / 60:.1f} start-up
 seed README           40-80 min per run on one A100: this projection is {verdict} that""")

@@ -15,7 +15,7 @@ import pytest
 from cruijff_kit.cli import main
 from cruijff_kit.models.random_init import LLAMA_3_2_1B_INSTRUCT_CONFIG, SEED_MODEL, llama3_tokenizer_file, safetensors_header
 from cruijff_kit.models.registry import MODELS
-from cruijff_kit.models.verify import INDEX_FILE, expected_tensor_shapes, verify_model_dir
+from cruijff_kit.models.verify import INDEX_FILE, checkpoint_files_for, expected_tensor_shapes, verify_model_dir
 
 TINY = "ck-tiny-llama"
 
@@ -109,7 +109,8 @@ def test_the_tiny_model_and_the_seed_model_layout_pass(tiny, sparse_seed, capsys
     assert code == 0 and "ok: Llama-3.2-1B-Instruct (16 layers, hidden 2048, 32/8 heads, vocab 128256), bfloat16" in out[0]
 
 
-def test_a_directory_of_another_name_is_matched_by_its_architecture(tiny, capsys):
+def test_a_directory_of_another_name_is_matched_by_its_architecture(tiny):
+    assert checkpoint_files_for(tiny, MODELS[TINY]) == ["model.safetensors"]
     renamed = tiny.rename(tiny.parent / "my-copy")
     report = verify_model_dir(renamed)
     assert report.ok and report.spec.name == TINY
@@ -129,6 +130,7 @@ def test_a_sharded_checkpoint_with_its_index_passes(tiny, capsys):
     (tiny / "model.safetensors").unlink()
     report = verify_model_dir(tiny)
     assert report.ok and report.checkpoint_files == sorted(shards)
+    assert checkpoint_files_for(tiny, MODELS[TINY]) == sorted(shards)  # what the renderer should list
 
     (tiny / "model-00002-of-00002.safetensors").unlink()
     code, lines = verify_lines(tiny, capsys)

@@ -13,7 +13,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from cruijff_kit.models.random_init import llama3_tokenizer_file
 from cruijff_kit.tools.torchtune.custom_recipes.answer_metrics import (

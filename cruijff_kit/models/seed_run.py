@@ -98,7 +98,8 @@ def project_full_run_minutes(timing: RunTiming, train_rows: int, startup_seconds
     """Minutes for the seed's full run at the measured rates: 10 epochs of batch 1 over `train_rows`,
     validating `val_rows` rows every 50 steps and once at the end."""
     steps = full["epochs"] * math.ceil(train_rows / full["batch_size"])
-    validations = steps // full["run_val_every_n_steps"] + 1
+    every = full["run_val_every_n_steps"]
+    validations = steps // every + (1 if steps % every else 0)  # the final one, unless it falls on a periodic one
     train_min = steps / timing.steps_per_s / 60
     val_min = validations * full["val_rows"] / timing.val_rows_per_s / 60
     return {"steps": steps, "validations": validations, "train_min": train_min, "val_min": val_min,
