@@ -8,7 +8,7 @@ renderer's batch_size_val), scaffolds it with a random-init Llama-3.2-1B-Instruc
 config.json and Llama 3 tokenizer; cruijff_kit.models.random_init) and runs parity_run's finetune.slurm
 with bash, as a SLURM node would. It prints steps/s, tokens/s, the share of time spent validating, peak GPU
 memory (torchtune's own figure and nvidia-smi's), and projects minutes per full seed run (10 epochs of the
-~28,900 training rows) against the seed README's "40-80 min on one A100".
+25,671 training rows left after de-duplication) against the seed README's "40-80 min on one A100".
 
 Exit codes: 0 measured; 3 no CUDA device (nothing is written); 1 the run failed (its log tail is printed).
 Everything goes to a temporary directory (2.5 GB model, ~10 MB outputs) removed at the end unless --keep.
