@@ -113,7 +113,7 @@ def _list(args: argparse.Namespace) -> int:
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         rows.append((path.name, matched, verdict, f"{size / 1e9:.2f} GB"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for row in rows:
+    for row in rows if dirs else []:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
     if not dirs:
         print("(no model directories)")
