@@ -231,6 +231,21 @@ def test_model_flag_checks_against_the_named_entry(tiny, capsys):
     assert code == 2 and any("num_hidden_layers: 2, but lora_llama3_2_1b builds 16" in line for line in lines)
 
 
+def test_a_model_outside_the_registry_is_checked_against_its_own_config(tiny):
+    """A spec with no known architecture (e.g. a model directory given by path): weights vs config.json."""
+    import dataclasses
+
+    spec = dataclasses.replace(MODELS[TINY], name="my-model", architecture={})
+    report = verify_model_dir(tiny, spec)
+    assert report.ok and report.architecture["num_hidden_layers"] == 2
+    edit_config(tiny, intermediate_size=256)
+    problems = [str(p) for p in verify_model_dir(tiny, spec).problems]
+    assert len(problems) == 1 and "model.layers.0.mlp.down_proj.weight [128, 512] instead of [128, 256]" in problems[0]
+    edit_config(tiny, intermediate_size=None)
+    problems = [str(p) for p in verify_model_dir(tiny, spec).problems]
+    assert problems == [f"{tiny}/config.json: intermediate_size: missing; lora_tiny_llama needs it to load the weights"]
+
+
 # ------------------------------------------------------------------------------------------ list and design
 
 

@@ -26,9 +26,9 @@ import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-from cruijff_kit.models.registry import MODELS, ModelSpec
+from cruijff_kit.models.registry import ARCHITECTURE_FIELDS, MODELS, ModelSpec
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -60,6 +60,7 @@ class ModelReport:
     checkpoint_files: list[str] = field(default_factory=list)
     torch_dtype: str | None = None
     weight_bytes: int = 0
+    architecture: dict[str, Any] = field(default_factory=dict)  # what the weights were checked against
 
     @property
     def ok(self) -> bool:
@@ -68,7 +69,7 @@ class ModelReport:
     def summary(self) -> str:
         if not self.ok:
             return f"{len(self.problems)} problem(s)"
-        arch = self.spec.architecture
+        arch = self.architecture
         files = self.checkpoint_files
         what = files[0] if len(files) == 1 else f"{len(files)} shards"
         return (f"ok: {self.spec.name} ({arch['num_hidden_layers']} layers, hidden {arch['hidden_size']}, "
@@ -98,8 +99,10 @@ def verify_model_dir(model_dir: str | Path, spec: ModelSpec | None = None) -> Mo
             return report
     _check_config(config_path, config, spec, report.problems)
     report.torch_dtype = config.get("torch_dtype")
+    # a spec without a known architecture (a model outside the registry) is checked against its own config.json
+    report.architecture = dict(spec.architecture) or {name: _config_value(config, name) for name in ARCHITECTURE_FIELDS}
     _check_weights(model_dir, config, spec, report)
-    _check_tokenizer(model_dir, spec, report.problems)
+    _check_tokenizer(model_dir, spec, report.architecture.get("vocab_size"), report.problems)
     return report
 
 
@@ -189,6 +192,10 @@ def _check_config(path: Path, config: dict[str, Any], spec: ModelSpec, problems:
     for name, found, expected in _architecture_mismatches(config, spec):
         shown = "missing" if found is None else json.dumps(found)
         problems.append(Problem(path, name, f"{shown}, but {builder} builds {json.dumps(expected)}"))
+    if not spec.architecture:
+        for name in ARCHITECTURE_FIELDS:
+            if _config_value(config, name) is None:
+                problems.append(Problem(path, name, f"missing; {builder} needs it to load the weights"))
     dtype = config.get("torch_dtype")
     if dtype not in TORCH_DTYPES:
         problems.append(Problem(path, "torch_dtype", f"{dtype!r}; expected one of {', '.join(TORCH_DTYPES)}"))
@@ -242,9 +249,10 @@ def read_safetensors_header(path: Path) -> _Header:
     return _Header(header, size)
 
 
-def expected_tensor_shapes(spec: ModelSpec) -> dict[str, list[int]]:
-    """Hugging Face Llama tensor names and shapes of the model the registry's builder makes."""
-    a = spec.architecture
+def expected_tensor_shapes(spec: ModelSpec | Mapping[str, Any]) -> dict[str, list[int]]:
+    """Hugging Face Llama tensor names and shapes of the model the registry's builder makes (or of an
+    architecture given as ARCHITECTURE_FIELDS)."""
+    a = spec.architecture if isinstance(spec, ModelSpec) else spec
     hidden, inter, vocab = a["hidden_size"], a["intermediate_size"], a["vocab_size"]
     q_dim = a["num_attention_heads"] * a["head_dim"]
     kv_dim = a["num_key_value_heads"] * a["head_dim"]
@@ -325,9 +333,9 @@ def _check_weights(model_dir: Path, config: dict[str, Any], spec: ModelSpec, rep
             problems.append(Problem(path, "tensors", f"{INDEX_FILE} puts tensors here that the file lacks: "
                                     f"{_examples(indexed - header.tensors.keys())}"))
         found.update(header.tensors)
-    if unreadable or not files:
+    if unreadable or not files or any(v is None for v in report.architecture.values()):
         return
-    expected = expected_tensor_shapes(spec)
+    expected = expected_tensor_shapes(report.architecture)
     builder = spec.lora_builder.rsplit(".", 1)[-1]
     present = {k: v for k, v in found.items() if not k.endswith(IGNORED_TENSOR_SUFFIXES)}
     missing = expected.keys() - present.keys()
@@ -388,7 +396,7 @@ def _special_ids(model_dir: Path, spec: ModelSpec, problems: list[Problem]) -> l
     return None
 
 
-def _check_tokenizer(model_dir: Path, spec: ModelSpec, problems: list[Problem]) -> None:
+def _check_tokenizer(model_dir: Path, spec: ModelSpec, vocab: int | None, problems: list[Problem]) -> None:
     path = model_dir / spec.tokenizer_file
     if not path.is_file():
         problems.append(Problem(path, "file", "missing; torchtune's llama3_tokenizer loads it (Meta's original "
@@ -401,9 +409,8 @@ def _check_tokenizer(model_dir: Path, spec: ModelSpec, problems: list[Problem]) 
         problems.append(Problem(path, "tokenizer", f"not loadable: {exc}"))
         return
     specials = _special_ids(model_dir, spec, problems)
-    if specials is None:
+    if specials is None or not isinstance(vocab, int):
         return
-    vocab = spec.architecture["vocab_size"]
     if min(specials) < len(ranks):
         problems.append(Problem(path, "tokens", f"{len(ranks)} BPE tokens overlap the special tokens from id "
                                 f"{min(specials)}; this is not the tokenizer of {spec.name}"))
