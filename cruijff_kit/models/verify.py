@@ -129,15 +129,6 @@ def checkpoint_files_for(model_dir: str | Path, spec: ModelSpec) -> list[str]:
         return list(spec.checkpoint_files)
 
 
-def read_config(model_dir: str | Path) -> dict[str, Any] | None:
-    """config.json as a dict, or None when it is missing or unreadable."""
-    try:
-        config = json.loads((Path(model_dir) / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
 # ------------------------------------------------------------------------------------------ config.json
 
 
