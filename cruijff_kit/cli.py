@@ -27,7 +27,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "keys": ("keys", "list every setup_finetune.yaml key: type, default, bounds, help (--json)"),
     "config": ("config", "show or set settings (scratch dir, models dir, SLURM account, ...)"),
     "log": ("log", "append an entry to an experiment's workflow log"),
-    "models": ("models", "build the embedded tiny model"),
+    "models": ("models", "build the embedded tiny model; verify or list model directories"),
 }
 
 

@@ -190,7 +190,14 @@ def verify_model(exp: Experiment, model: str) -> Check:
     spec = MODELS.get(model)
     command = f"test -f {model_dir}/config.json"
     if (model_dir / "config.json").is_file():
-        return Check("VERIFY_MODEL", f"model {model}", command, f"found {model_dir} ({_human(_dir_bytes(model_dir))})",
+        from cruijff_kit.models.verify import verify_model_dir  # headers only: no torch
+
+        report = verify_model_dir(model_dir, spec)
+        if not report.ok:
+            more = f" (+{len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+            return Check("VERIFY_MODEL", f"model {model}", f"ck models verify {model_dir}", f"FAILED: {report.problems[0]}{more}",
+                         f"fix the model directory; `ck models verify {model_dir}` lists every problem", ok=False)
+        return Check("VERIFY_MODEL", f"model {model}", f"ck models verify {model_dir}", f"found {model_dir} ({report.summary()})",
                      "the runs load their base weights and tokenizer from this directory")
     if spec is not None and spec.embedded:
         return Check("VERIFY_MODEL", f"model {model}", command,

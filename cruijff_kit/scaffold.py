@@ -137,6 +137,7 @@ def setup_for_run(exp: Experiment, run: RunPlan, settings: Any) -> dict[str, Any
         "custom_recipe": DEFAULT_RECIPE,
         "time": compute.time,
         "gpus": compute.gpus,
+        "device": "cuda" if compute.gpus > 0 else "cpu",  # a model whose registry device is cuda, run on CPU
         "cpus": compute.cpus,
         "mem": compute.mem,
         "account": settings.slurm_account,

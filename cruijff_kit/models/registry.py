@@ -6,9 +6,33 @@ tokenizer and recipe; only these fields differ.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 from cruijff_kit.errors import CkError
+
+# The config.json fields a Hugging Face Llama checkpoint must agree on with the torchtune builder the
+# renderer names: torchtune builds the model from the builder alone, reads only the head counts and
+# hidden size from config.json (to permute q/k), and loads every weight by name into that model.
+ARCHITECTURE_FIELDS = (
+    "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "head_dim",
+    "intermediate_size", "vocab_size", "tie_word_embeddings", "rope_theta", "rms_norm_eps",
+)
+
+# torchtune.models.llama3_2.llama3_2_1b (torchtune 0.6.1); tests/test_models_verify.py builds the
+# registry's builders on the meta device and checks these numbers against them.
+LLAMA_3_2_1B_ARCHITECTURE = {
+    "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 2048,
+    "head_dim": 64, "intermediate_size": 8192, "vocab_size": 128_256, "tie_word_embeddings": True,
+    "rope_theta": 500_000.0, "rms_norm_eps": 1e-5,
+}
+
+
+def _tiny_architecture() -> dict[str, Any]:
+    from cruijff_kit.models.tiny import hf_config
+
+    config = hf_config()
+    return {name: config[name] for name in ARCHITECTURE_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -24,6 +48,7 @@ class ModelSpec:
     device: str                  # default device
     dtype: str                   # default dtype
     max_seq_len: int | None = None
+    architecture: Mapping[str, Any] = field(default_factory=dict)  # ARCHITECTURE_FIELDS of config.json
 
 
 EMBEDDED_MODEL = "ck-tiny-llama"
@@ -40,6 +65,7 @@ MODELS: dict[str, ModelSpec] = {
         embedded=False,
         device="cuda",
         dtype="bf16",
+        architecture=LLAMA_3_2_1B_ARCHITECTURE,
     ),
     EMBEDDED_MODEL: ModelSpec(
         name=EMBEDDED_MODEL,
@@ -53,6 +79,7 @@ MODELS: dict[str, ModelSpec] = {
         device="cpu",
         dtype="fp32",
         max_seq_len=64,
+        architecture=_tiny_architecture(),
     ),
 }
 
