@@ -42,6 +42,9 @@ from cruijff_kit.generate import generate_bit_sequences  # noqa: E402
 from cruijff_kit.models.tiny import build_tiny_model  # noqa: E402
 from cruijff_kit.presets import EMBEDDED  # noqa: E402
 from cruijff_kit.tools.torchtune.custom_recipes import lora_finetune_single_device_val as ours  # noqa: E402
+from cruijff_kit.tools.torchtune.custom_recipes.torchtune_layer import load_stock_recipe  # noqa: E402
+
+STOCK = load_stock_recipe("lora_finetune_single_device.py", adapted=False).LoRAFinetuneRecipeSingleDevice
 
 
 def make_config(tiny_dir: Path, data_file: Path, output_dir: Path, steps: int, val_every: int) -> dict:
@@ -137,7 +140,7 @@ def time_plain_loop(cfg_dict: dict) -> tuple[float, int, int]:
     (seconds, optimizer steps, label tokens). The model returns full logits (no output chunks) and the loss is
     one F.cross_entropy over them: what a person writing the loop by hand would do.
     """
-    recipe = setup_recipe(ours.stock.LoRAFinetuneRecipeSingleDevice, cfg_dict)
+    recipe = setup_recipe(STOCK, cfg_dict)
     model, optimizer, scheduler = recipe._model, recipe._optimizer, recipe._lr_scheduler
     model.set_num_output_chunks(0)
     ignore = recipe._loss_fn.ignore_index
@@ -194,7 +197,7 @@ def main() -> int:
                 if name == "plain":
                     seconds, steps[name], tokens[name] = time_plain_loop(cfg)
                 else:
-                    cls = ours.stock.LoRAFinetuneRecipeSingleDevice if name == "stock" else ours.LoRAFinetuneRecipeSingleDeviceVal
+                    cls = STOCK if name == "stock" else ours.LoRAFinetuneRecipeSingleDeviceVal
                     seconds, _, steps[name], tokens[name] = time_recipe(cls, cfg)
                 best[name] = min(best[name], seconds)
                 print(f"  {name:5s} repeat {r}: {steps[name]} steps in {seconds:.2f}s", flush=True)

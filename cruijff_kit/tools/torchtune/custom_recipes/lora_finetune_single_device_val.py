@@ -62,6 +62,7 @@ from cruijff_kit.tools.torchtune.custom_recipes.validation import (  # noqa: F40
     VAL_KEYS,
     ValidatingRecipe,
     check_config,
+    exit_code_of,
     check_resume_checkpoint,
     parse_epochs_to_save,
     quiet_offline_wandb,
@@ -110,4 +111,4 @@ def recipe_main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(recipe_main())
+    sys.exit(exit_code_of(recipe_main))

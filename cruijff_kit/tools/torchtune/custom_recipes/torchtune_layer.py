@@ -121,9 +121,13 @@ class StockTraining(types.ModuleType):
             gc.collect()
 
 
-def load_stock_recipe(filename: str) -> types.ModuleType:
-    """A stock recipe module from site-packages/recipes/, as a private copy whose globals we may adjust."""
-    name = "_cruijff_kit_stock_" + Path(filename).stem
+def load_stock_recipe(filename: str, adapted: bool = True) -> types.ModuleType:
+    """A stock recipe module from site-packages/recipes/, as a private copy.
+
+    adapted: its `training` and `tqdm` globals replaced (StockTraining, QuietProgress); False gives the
+    recipe exactly as torchtune ships it (the benchmark's baseline).
+    """
+    name = ("_cruijff_kit_stock_" if adapted else "_cruijff_kit_pristine_") + Path(filename).stem
     if name in sys.modules:
         return sys.modules[name]
     path = Path(torchtune.__file__).resolve().parent.parent / "recipes" / filename
@@ -131,8 +135,9 @@ def load_stock_recipe(filename: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    module.training = StockTraining()
-    module.tqdm = QuietProgress
+    if adapted:
+        module.training = StockTraining()
+        module.tqdm = QuietProgress
     return module
 
 

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -159,6 +160,15 @@ def quiet_offline_wandb() -> None:
         "WANDB_X_DISABLE_META": "true",
     }.items():
         os.environ.setdefault(key, value)
+
+
+def exit_code_of(main) -> int:
+    """Run a recipe's main; a CkError (bad config or launch) is one line on stderr and exit 2, no traceback."""
+    try:
+        return main() or 0
+    except CkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return CkError.exit_code
 
 
 # ---------------------------------------------------------------- parts
