@@ -403,3 +403,22 @@ def test_answer_positions_find_the_token_after_the_last_assistant_header():
     rows, cols = torch.tensor([0, 1]), torch.tensor([7, 2])
     chunks = list(logits.chunk(4, dim=1))
     assert torch.equal(logits_at(chunks, rows, cols), logits[rows, cols])
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("max_seq_len, chunks", [(64, 0), (400_000, 8)])
+def test_chunked_output_only_where_the_logits_are_large(tmp_path, tiny_dir, data_file, max_seq_len, chunks):
+    """Small logits: one output and one cross-entropy; large: torchtune's chunked output. Metrics either way."""
+    cfg = make_config(tiny_dir, data_file, tmp_path / "out", max_steps_per_epoch=2, run_val_every_n_steps=1,
+                      max_val_batches=1, **{"tokenizer.max_seq_len": max_seq_len})
+    recipe = run_recipe_in_process(cfg)
+    try:
+        assert recipe._model.num_output_chunks == chunks
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    events = read_metrics(tmp_path / "out")
+    train = [e for e in events if e["event"] == "train"]
+    val = [e for e in events if e["event"] == "val"]
+    assert [e["step"] for e in train] == [1, 2] and all(e["train_answer_loss"] > 0 for e in train)
+    assert [e["final"] for e in val] == [False, True] and all(e["val_answer_loss"] > 0 for e in val)
