@@ -336,13 +336,14 @@ class ValidatingRecipe:
 
         The loss is the same (mean cross-entropy over label tokens); only the chunking goes.
         """
-        if type(self._loss_fn).__name__ != "CEWithChunkedOutputLoss":
-            return
+        if type(self._loss_fn).__name__ != "CEWithChunkedOutputLoss" or cfg.get("compile"):
+            return  # (compiled: torchtune compiles the chunked loss; keep what it compiled)
         seq_len = cfg.tokenizer.get("max_seq_len")
         embeddings = getattr(self._model, "tok_embeddings", None)
         if not seq_len or embeddings is None:
             return
-        logits_bytes = cfg.batch_size * seq_len * embeddings.weight.shape[0] * 4
+        rows = max(cfg.batch_size, self._batch_size_val if self._run_val_every_n_steps else 0)
+        logits_bytes = rows * seq_len * embeddings.weight.shape[0] * 4
         if logits_bytes > FULL_LOGITS_MAX_BYTES:
             return
         self._model.set_num_output_chunks(0)
