@@ -27,7 +27,7 @@ import platform
 import sys
 import tempfile
 import time
-from functools import partial
+from contextlib import redirect_stderr
 from pathlib import Path
 
 import torch
@@ -126,12 +126,6 @@ def time_recipe(recipe_cls, cfg_dict: dict) -> tuple[float, float, float, int, i
     steps = recipe.global_step
     recipe.cleanup()
     return seconds, cpu_seconds, val_seconds, steps, tokens
-
-
-def redirect_stderr(stream):
-    from contextlib import redirect_stderr as redirect
-
-    return redirect(stream)
 
 
 def time_plain_loop(cfg_dict: dict) -> tuple[float, float, int, int]:

@@ -15,6 +15,8 @@ from cruijff_kit.generate import generate_bit_sequences
 from test_recipe import make_config, read_metrics, subprocess_env, write_config  # noqa: E402
 
 DIST_MODULE = "cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_distributed_val"
+REPO = Path(__file__).resolve().parents[1]
+DIST_FILE = REPO / "cruijff_kit" / "tools" / "torchtune" / "custom_recipes" / "lora_finetune_distributed_val.py"
 VAL_ROWS = 21  # odd, with batch_size_val 5: rank 0 gets 11 rows (3 batches), rank 1 10 (2 batches + 1 filler)
 STEPS = 4
 
@@ -37,6 +39,14 @@ def torchrun(config_path: Path, cwd: Path, *overrides: str, procs: int = 2) -> s
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
                "-m", DIST_MODULE, "--config", str(config_path), *overrides]
     return subprocess.run(command, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+
+
+def tune_run(config_path: Path, *overrides: str, procs: int = 2) -> subprocess.CompletedProcess:
+    """torchtune's own launcher, as finetune.slurm runs it: `tune run --nproc_per_node N <recipe file>` from the
+    repository root (tune run turns a custom recipe's relative path into a module name; torchrun underneath)."""
+    command = [sys.executable, "-m", "torchtune._cli.tune", "run", "--nproc_per_node", str(procs),
+               str(DIST_FILE.relative_to(REPO)), "--config", str(config_path), *overrides]
+    return subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -106,13 +116,13 @@ def test_two_process_validation_equals_one_process_evaluation_of_the_checkpoint(
 
 
 @pytest.mark.training
-def test_two_processes_resume_after_the_last_saved_epoch(two_process_run):
+def test_two_processes_resume_after_the_last_saved_epoch_through_tune_run(two_process_run):
     tmp, out, _, config_path = two_process_run
     resumed_out = tmp / "resumed"
     shutil.copytree(out, resumed_out)
     shutil.rmtree(resumed_out / "epoch_1")  # as if killed during epoch 1
     (resumed_out / "logs" / "metrics.jsonl").unlink()
-    proc = torchrun(config_path, tmp, f"output_dir={resumed_out}", "resume_from_checkpoint=True")
+    proc = tune_run(config_path, f"output_dir={resumed_out}", "resume_from_checkpoint=True")
     assert proc.returncode == 0, proc.stderr[-4000:]
     events = read_metrics(resumed_out)
     train = [e for e in events if e["event"] == "train"]

@@ -6,7 +6,7 @@ the single-device recipe, and sharing its validation, answer-token metrics and m
 Launch one process per device with torchrun:
 
     torchrun --standalone --nproc_per_node 2 -m cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_distributed_val --config finetune.yaml
-    tune run --nproc_per_node 2 cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_distributed_val --config finetune.yaml
+    tune run --nproc_per_node 2 cruijff_kit/tools/torchtune/custom_recipes/lora_finetune_distributed_val.py --config finetune.yaml
     torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:PORT -m ... (several nodes)
 
 Same config keys and metrics as the single-device recipe (see its docstring), plus the stock distributed keys

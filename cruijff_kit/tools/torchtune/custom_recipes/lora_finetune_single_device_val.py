@@ -6,12 +6,11 @@ metrics.jsonl come from validation.py, shared with lora_finetune_distributed_val
 torchtune is listed in torchtune_layer.py. Run it like any torchtune recipe:
 
     tune run cruijff_kit/tools/torchtune/custom_recipes/lora_finetune_single_device_val.py --config finetune.yaml
-    tune run cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_single_device_val --config finetune.yaml
     python -m cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_single_device_val --config finetune.yaml
 
 plus torchtune's key=value overrides. `tune run` turns a custom recipe's file path into a dotted module name,
-so the path must be relative to the working directory (an absolute path fails inside torchtune); the dotted
-name works from anywhere the package is installed.
+so the path must be relative to the working directory (an absolute path fails inside torchtune; so does a dotted
+name, whose last part it takes for a file extension); `python -m` with the dotted name works from anywhere.
 
 What it adds to the stock recipe (config keys: docs/finetune_reference.yaml, "cruijff_kit recipe additions"):
 
