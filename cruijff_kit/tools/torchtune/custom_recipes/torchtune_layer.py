@@ -40,17 +40,22 @@ TORCHTUNE_PRIVATE = {
         "the exact ids of the assistant header, to find the answer token for any model tokenizer",
     "SFTDataset._data":
         "the raw rows of the validation set, for the input column of val_predictions.jsonl",
-    # stock recipe state read or replaced by our subclasses
-    "recipe._model, _tokenizer, _loss_fn, _optimizer, _device, _dataloader":
-        "validation runs the same model, tokenizer and loss; the optimizer's lr is logged",
+    # stock recipe state read or replaced by our subclasses (validation.ValidatingRecipe)
+    "recipe._model, _tokenizer, _device":
+        "validation and the answer-token hook run the same model and tokenizer on the same device",
+    "recipe._loss_fn":
+        "validation uses the same loss; replaced by one full-logits cross-entropy when the logits are small",
+    "recipe._optimizer":
+        "zero_grad at the end of an epoch (leftover micro-batches); its state is saved by the stock code",
     "recipe._metric_logger":
         "wrapped, so the stock loop's train row gets our answer-token metrics before it is logged",
     "recipe._setup_profiler":
         "overridden to wrap the profiler: its step() after each batch is where the stock loop calls us",
-    "recipe._setup_lr_scheduler, _steps_per_epoch":
+    "recipe._setup_lr_scheduler, _lr_scheduler, _steps_per_epoch":
         "on resume, the single-device stock recipe restarts the step count and LR schedule at 0: we fix both",
-    "recipe._log_every_n_steps, _resume_from_checkpoint, _is_rank_zero":
-        "the train log cadence, the resume check, and which rank writes outputs",
+    "recipe._log_every_n_steps, _resume_from_checkpoint":
+        "the train log cadence, and whether to check the checkpoint before a resume",
+    # (tests and benches also read recipe._dataloader)
     # names the stock recipe module looks up in its own globals, replaced in our loaded copy only
     "<stock module>.training":
         "a shim over torchtune.training (StockTraining below): one fused grad scaling, and the CPU-safe "
