@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from cruijff_kit.models.random_init import write_random_llama
     from cruijff_kit.models.seed_run import GpuMemoryPoller, design_and_scaffold, project_full_run_minutes, \
         read_metrics, run_timing
-    from cruijff_kit.presets import SEED
+    from sanity_checks.bit_sequences.presets import SEED
 
     root = Path(tempfile.mkdtemp(prefix="ck-gpu-seed-", dir=args.workdir))
     try:

@@ -15,11 +15,8 @@ import pytest
 import torch
 
 from cruijff_kit.models.random_init import llama3_tokenizer_file
-from cruijff_kit.tools.torchtune.custom_recipes.answer_metrics import (
-    answer_positions,
-    answer_results,
-    assistant_header_ids,
-)
+from cruijff_kit.tools.torchtune.custom_recipes.answer_metrics import answer_positions, answer_results
+from cruijff_kit.tools.torchtune.custom_recipes.torchtune_layer import assistant_header_ids
 
 BITS = ["0", "1", "01", "110", "1011", "000000000000000", "101010101010101", "0110100110010110111"]
 

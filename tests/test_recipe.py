@@ -403,3 +403,41 @@ def test_answer_positions_find_the_token_after_the_last_assistant_header():
     rows, cols = torch.tensor([0, 1]), torch.tensor([7, 2])
     chunks = list(logits.chunk(4, dim=1))
     assert torch.equal(logits_at(chunks, rows, cols), logits[rows, cols])
+
+
+@pytest.mark.training
+@pytest.mark.parametrize("max_seq_len, chunks", [(64, 0), (400_000, 8)])
+def test_chunked_output_only_where_the_logits_are_large(tmp_path, tiny_dir, data_file, max_seq_len, chunks):
+    """Small logits: one output and one cross-entropy; large: torchtune's chunked output. Metrics either way."""
+    cfg = make_config(tiny_dir, data_file, tmp_path / "out", max_steps_per_epoch=2, run_val_every_n_steps=1,
+                      max_val_batches=1, **{"tokenizer.max_seq_len": max_seq_len})
+    recipe = run_recipe_in_process(cfg)
+    try:
+        assert recipe._model.num_output_chunks == chunks
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    events = read_metrics(tmp_path / "out")
+    train = [e for e in events if e["event"] == "train"]
+    val = [e for e in events if e["event"] == "val"]
+    assert [e["step"] for e in train] == [1, 2] and all(e["train_answer_loss"] > 0 for e in train)
+    assert [e["final"] for e in val] == [False, True] and all(e["val_answer_loss"] > 0 for e in val)
+
+
+def test_every_stock_recipe_attribute_the_validation_component_touches_is_listed():
+    """validation.py reads or replaces stock recipe state only where torchtune_layer.TORCHTUNE_PRIVATE says why."""
+    import re
+
+    from cruijff_kit.tools.torchtune.custom_recipes import torchtune_layer
+
+    recipes = Path(torchtune_layer.__file__).parent
+    ours = (recipes / "validation.py").read_text()
+    stock_dir = Path(torchtune_layer.load_stock_recipe("lora_finetune_single_device.py").__file__).parent
+    stock = "".join((stock_dir / name).read_text()
+                    for name in ("lora_finetune_single_device.py", "lora_finetune_distributed.py"))
+    stock_names = set(re.findall(r"self\.(_\w+)", stock))
+    touched = set(re.findall(r"self\.(_\w+)", ours)) & stock_names
+    listed = set(re.findall(r"_\w+", " ".join(torchtune_layer.TORCHTUNE_PRIVATE)))
+    helpers_of_ours = {"_profiler"}  # StepHook's own attribute: the profiler it wraps (listed as _setup_profiler)
+    assert touched - helpers_of_ours <= listed, sorted(touched - helpers_of_ours - listed)
+    assert len(touched) >= 8  # the scan finds what it should

@@ -352,7 +352,7 @@ def test_the_recipe_start_up_check_uses_the_contract():
     assert rc.FINETUNE_TOP_LEVEL_KEYS <= recipe.VAL_KEYS
     cfg = OmegaConf.create({"epochs": 2, "run_val_every_n_steps": -1, "optimizer": {"lr": 0.1}})
     with pytest.raises(CkError) as err:
-        recipe.check_config(cfg)
+        recipe.check_config(cfg, recipe.STOCK_KEYS)
     with pytest.raises(CkError) as same:
         rc.validate_key("run_val_every_n_steps", -1)
     assert str(err.value) == str(same.value)

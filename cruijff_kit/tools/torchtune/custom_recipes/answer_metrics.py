@@ -17,16 +17,6 @@ import torch
 import torch.nn.functional as F
 
 
-def assistant_header_ids(tokenizer) -> list[int]:
-    """Token ids that open an assistant message, as the tokenizer emits them."""
-    from torchtune.data import Message
-
-    header = tokenizer._tokenize_header(Message(role="assistant", content=""))
-    if not header:
-        raise ValueError(f"{type(tokenizer).__name__} emits no assistant header; cannot locate the answer token")
-    return list(header)
-
-
 def answer_positions(tokens: torch.Tensor, header: torch.Tensor) -> torch.Tensor:
     """Index of the answer token in each row of `tokens` [b, s], or -1 where there is none.
 
@@ -106,6 +96,11 @@ class AnswerMeter:
             self.correct += int(correct)
             self.count += int(count)
         self._pending.clear()
+
+    def sums(self) -> tuple[float, int, int]:
+        """(summed answer loss in nats, correct answers, answers)."""
+        self._flush()
+        return self.loss_sum, self.correct, self.count
 
     def mean(self) -> tuple[float, float, int]:
         """(mean answer loss in nats, answer accuracy, number of answers); NaNs when empty."""
