@@ -123,6 +123,12 @@ def main() -> int:
         f"- 2 processes / 1 process, tokens/s at the same global batch: **{speedup:.2f}x** (target >= 1.7)",
         "- noise: other processes share this 2-core machine, so two training processes compete with them for "
         "the same two cores; the ratio is only meaningful on a quiet machine.",
+        "- why below 1 here: each step of torchtune's FSDP2 recipe all-gathers the (frozen) weights layer by layer "
+        "in forward and again in backward and reduce-scatters the gradients, over gloo on loopback; on the tiny model "
+        "a step's compute (about 10 ms at batch 8) is of the same order as those collectives. "
+        "`fsdp_reshard_after_forward: False` (no second all-gather) was about 10 % faster in one side-by-side try. "
+        "The 1-process row is FSDP too (one process, same collectives): the single-device recipe is the one to use "
+        "on one device.",
     ]
     print("\n".join(lines))
     if not args.no_write:
