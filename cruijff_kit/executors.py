@@ -10,7 +10,7 @@
     executor.job(job_id, run_dir)                    # the Job of an id recorded earlier (the monitor's state file)
     executor.find_submitted({"run": run_dir}, since)  # {run: job_id} of jobs submitted from run_dir since then
 
-Both read the same finetune.slurm (docs/ARCHITECTURE.md): SLURM gets it through `sbatch --parsable`
+Both read the same finetune.slurm (docs/formats.md): SLURM gets it through `sbatch --parsable`
 (called directly, so a refusal carries sbatch's own message); the local executor runs `bash
 finetune.slurm` in the run directory and sends its stdout+stderr to the file named by `#SBATCH
 --output` (with %j = the local job id), as SLURM would. The local queue is advanced by its own

@@ -76,7 +76,7 @@ def scaffolded_runs(exp_dir: Path) -> list[tuple[str, Path]]:
 
 
 def run_output_dir(run_dir: Path) -> Path:
-    """The run's output_dir: where `#SBATCH --output` puts the job log (docs/ARCHITECTURE.md)."""
+    """The run's output_dir: where `#SBATCH --output` puts the job log (docs/formats.md)."""
     output = sbatch_options(run_dir / SCRIPT_NAME).get("output", "slurm-%j.out")
     return (run_dir / output).parent
 

@@ -108,7 +108,7 @@ def curve(start: float, end: float, n: int, shape: float = 3.0) -> list[float]:
 def make_metrics(*, steps=200, log_every=5, val_every=50, train_loss=(0.69, 0.01), train_acc=(0.5, 1.0),
                  val_loss=(0.69, 0.01), val_acc=(0.5, 1.0), final=None, n_val=64, validation=True, end=True,
                  shape=3.0) -> list[dict]:
-    """metrics.jsonl rows (docs/ARCHITECTURE.md). `final` = (loss, acc) of the final validation."""
+    """metrics.jsonl rows (docs/formats.md). `final` = (loss, acc) of the final validation."""
     rows = []
     train_steps = list(range(log_every, steps + 1, log_every))
     for step, loss, acc in zip(train_steps, curve(*train_loss, len(train_steps), shape), curve(*train_acc, len(train_steps), shape)):
