@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -149,3 +150,39 @@ def test_distributed_recipe_refuses_to_run_without_a_launcher(tmp_path, tiny_dir
     assert proc.returncode == 2
     assert "launcher='python'" in proc.stderr and "torchrun" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in children.read_text().split()] if children.exists() else []
+
+
+@pytest.mark.training
+def test_a_killed_rank_fails_the_run_without_a_hang(tmp_path, tiny_dir, data_file):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    cfg = make_config(tiny_dir, data_file, out, epochs=50, batch_size=2, run_val_every_n_steps=0, dataset_val=None,
+                      log_every_n_steps=1, epochs_to_save=[])
+    config_path = write_config(tmp_path, cfg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", DIST_MODULE, "--config", str(config_path)]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        metrics = out / "logs" / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ranks = child_pids(proc.pid)
+        assert len(ranks) == 2 and proc.poll() is None, "training did not start"
+        os.kill(ranks[1], signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=120)  # a hang fails here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "SIGKILL" in stderr or "Signal 9" in stderr or "exitcode: -9" in stderr, stderr[-2000:]
