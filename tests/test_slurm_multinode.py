@@ -28,15 +28,23 @@ def two_nodes():
     return {**os.environ, "SLURM_CONF": str(MULTI_CONF)}
 
 
-def wait_for_job(job_id: str, env: dict, limit: float = 120) -> str:
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
+
+
+def wait_for_job(job_id: str, env: dict, limit: float = 300) -> str:
+    """The job's terminal state, from squeue (which keeps ended jobs for MinJobAge) or else `sacct -c`."""
     deadline = time.monotonic() + limit
+    state = "UNKNOWN"
     while time.monotonic() < deadline:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, env=env).stdout
-        if not out.strip():
-            break
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                             env=env).stdout.split()
+        acct = subprocess.run(["sacct", "-c", "-n", "-X", "-j", job_id, "-o", "State"], capture_output=True, text=True,
+                              env=env).stdout.split()
+        state = (out or acct or ["UNKNOWN"])[-1]
+        if state in TERMINAL:
+            return state
         time.sleep(0.5)
-    acct = subprocess.run(["sacct", "-c", "-n", "-X", "-j", job_id, "-o", "State"], capture_output=True, text=True, env=env)
-    return acct.stdout.split()[-1] if acct.stdout.split() else "UNKNOWN"
+    return state
 
 
 def test_status_shows_each_node(two_nodes):
