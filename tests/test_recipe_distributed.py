@@ -142,6 +142,7 @@ def test_backend_follows_the_device():
         assert process_group_backend("cuda") == "cuda:nccl,cpu:gloo"
 
 
+@pytest.mark.slow
 def test_distributed_recipe_refuses_to_run_without_a_launcher(tmp_path, tiny_dir, data_file):
     config_path = write_config(tmp_path, make_config(tiny_dir, data_file, tmp_path / "out"))
     env = {k: v for k, v in subprocess_env().items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}

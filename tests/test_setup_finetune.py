@@ -120,6 +120,7 @@ def test_tiny_model_config(tmp_path, settings):
     assert cfg["dataset"]["new_system_prompt"] == "Answer 0 or 1."
 
 
+@pytest.mark.slow
 def test_rendered_configs_pass_tune_validate(tmp_path, settings):
     """`tune validate` (the CLI) on the tiny config with the recipe additions; the same check in-process
     (torchtune.config.validate, what the CLI calls) for Llama and for a config broken on purpose."""

@@ -64,6 +64,7 @@ def _substitute(cmd: str, exp_dir: Path) -> list[str]:
     return argv
 
 
+@pytest.mark.slow
 def test_every_skill_command_runs(tmp_path):
     """Runs the skills in workflow order against one temporary scratch, so each step's
     commands see the previous step's results (EXP_DIR = the designed experiment)."""

@@ -83,6 +83,7 @@ def test_build_is_deterministic_and_kept_unless_forced(tmp_path):
     assert (a / "model.safetensors").read_bytes() != (b / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_ck_models_tiny_cli(tmp_path):
     cmd = [sys.executable, "-m", "cruijff_kit", "models", "tiny", "--models-dir", str(tmp_path)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
