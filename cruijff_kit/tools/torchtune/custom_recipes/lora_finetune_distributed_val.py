@@ -34,9 +34,7 @@ from cruijff_kit.tools.torchtune.custom_recipes.torchtune_layer import load_stoc
 from cruijff_kit.tools.torchtune.custom_recipes.validation import (
     COMMON_STOCK_KEYS,
     ValidatingRecipe,
-    check_config,
     exit_code_of,
-    quiet_offline_wandb,
     set_cpu_threads,
 )
 
@@ -54,23 +52,6 @@ class LoRAFinetuneRecipeDistributedVal(ValidatingRecipe, stock.LoRAFinetuneRecip
     """torchtune's distributed LoRA recipe plus validation, answer-token metrics and metrics.jsonl."""
 
     STOCK_KEYS = STOCK_KEYS
-
-    def __init__(self, cfg: DictConfig) -> None:
-        check_config(cfg, self.STOCK_KEYS)
-        set_cpu_threads(cfg)
-        super().__init__(cfg)
-        self._init_validation(cfg)
-
-    def setup(self, cfg: DictConfig) -> None:
-        if "wandb" in cfg.metric_logger.get("_component_", "").lower():
-            quiet_offline_wandb()
-        super().setup(cfg)
-        self._setup_validation(cfg)
-
-    def load_checkpoint(self, cfg_checkpointer: DictConfig) -> dict:
-        """The stock loading, after checking that a resume finds a whole checkpoint (check_resume_checkpoint)."""
-        self._check_resume(cfg_checkpointer)
-        return super().load_checkpoint(cfg_checkpointer)
 
 
 @config.parse

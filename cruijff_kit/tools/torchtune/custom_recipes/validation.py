@@ -298,6 +298,24 @@ class ValidatingRecipe:
 
     STOCK_KEYS: frozenset[str] = COMMON_STOCK_KEYS
 
+    # The recipe's three entry points: the stock ones, with our checks and settings around them.
+    def __init__(self, cfg: DictConfig) -> None:
+        check_config(cfg, self.STOCK_KEYS)
+        set_cpu_threads(cfg)
+        super().__init__(cfg)
+        self._init_validation(cfg)
+
+    def setup(self, cfg: DictConfig) -> None:
+        if "wandb" in cfg.metric_logger.get("_component_", "").lower():
+            quiet_offline_wandb()
+        super().setup(cfg)
+        self._setup_validation(cfg)
+
+    def load_checkpoint(self, cfg_checkpointer: DictConfig) -> dict:
+        """The stock loading, after checking that a resume finds a whole checkpoint (check_resume_checkpoint)."""
+        self._check_resume(cfg_checkpointer)
+        return super().load_checkpoint(cfg_checkpointer)
+
     def _init_validation(self, cfg: DictConfig) -> None:
         """After the stock __init__: our settings."""
         self._run_val_every_n_steps = cfg.get("run_val_every_n_steps", 0) or 0
