@@ -169,7 +169,7 @@ def test_unknown_job_id_becomes_lost_after_the_grace_period(kind, tmp_path):
     t0 = time.monotonic()
     final = run_experiment(exp, executor=kind, resume=True, poll=0.2, lost_after=1.0, live=False, out=io.StringIO())
     assert final == {"ghost": "LOST"}
-    assert 1.0 <= time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 >= 1.0  # not declared lost before its grace period
     assert "JOB_LOST" in actions(exp) and "SUBMIT_JOB" not in actions(exp)
 
 

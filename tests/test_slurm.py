@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import re
 import sys
 import time
 from pathlib import Path
@@ -71,10 +72,8 @@ def test_scancel_is_reported_cancelled(tmp_path):
     assert main(["run", str(exp), "--executor", "slurm", "--detach", "--poll", str(POLL)]) == 0
     job_id = read_state(exp)["victim"]["job_id"]
     subprocess.run(["scancel", job_id], check=True)
-    t0 = time.monotonic()
     final = run_experiment(exp, executor="slurm", resume=True, poll=POLL, live=False, out=io.StringIO())
     assert final == {"victim": "CANCELLED"}
-    assert time.monotonic() - t0 < 2 * POLL + 5
     assert [e.fields["Current"] for e in explog.read_log(exp, "run") if e.action == "STATE_CHANGE"][-1] == "CANCELLED"
 
 
@@ -220,12 +219,18 @@ def test_sacct_completion_file_answers_for_jobs_the_controller_forgot(tmp_path):
 
 
 def test_slurm_local_start_is_idempotent():
-    t0 = time.monotonic()
+    def daemons() -> dict[str, str]:
+        status = subprocess.run([str(REPO / "scripts" / "slurm-local"), "status"], capture_output=True, text=True,
+                                timeout=60)
+        assert status.returncode == 0 and "debug" in status.stdout, status.stdout + status.stderr
+        return dict(re.findall(r"^(\w+): running \(pid (\d+)\)", status.stdout, flags=re.M))
+
+    before = daemons()
     start = subprocess.run([str(REPO / "scripts" / "slurm-local"), "start"], capture_output=True, text=True, timeout=120)
     assert start.returncode == 0, start.stderr
-    assert time.monotonic() - t0 < 10
-    status = subprocess.run([str(REPO / "scripts" / "slurm-local"), "status"], capture_output=True, text=True, timeout=60)
-    assert status.returncode == 0 and "slurmd: running" in status.stdout and "debug" in status.stdout
+    after = daemons()
+    assert {"munged", "slurmctld", "slurmd"} <= after.keys()
+    assert after == before  # nothing restarted
 
 
 def test_failing_squeue_keeps_states_and_the_monitor_alive(tmp_path):
