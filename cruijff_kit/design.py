@@ -31,7 +31,7 @@ from cruijff_kit.experiment import (
     RunPlan,
     plan_error,
 )
-from cruijff_kit.models.registry import MODELS
+from cruijff_kit.models.registry import MODELS, model_dir_for
 from cruijff_kit.settings import Settings, load_settings
 
 HYPER_KEYS = tuple(Hyper.model_fields)
@@ -186,8 +186,8 @@ def _human(nbytes: float) -> str:
 
 
 def verify_model(exp: Experiment, model: str) -> Check:
-    model_dir = Path(exp.models_dir) / model
-    spec = MODELS.get(model)
+    model_dir = model_dir_for(model, exp.models_dir)
+    spec = MODELS.get(model_dir.name)
     command = f"test -f {model_dir}/config.json"
     if (model_dir / "config.json").is_file():
         from cruijff_kit.models.verify import verify_model_dir  # headers only: no torch
@@ -253,7 +253,7 @@ def estimate_disk_bytes(exp: Experiment) -> int:
         if args is not None and not path.exists():
             need += run.dataset.check_obj().estimate_bytes(args)
     for model in {r.model for r in exp.runs}:
-        model_dir = Path(exp.models_dir) / model
+        model_dir = model_dir_for(model, exp.models_dir)
         size = _dir_bytes(model_dir) if model_dir.is_dir() else MODEL_BYTES.get(model, 2_500_000_000)
         if not model_dir.is_dir() and MODELS.get(model) is not None and MODELS[model].embedded:
             need += size  # built into models_dir

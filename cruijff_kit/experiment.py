@@ -164,7 +164,9 @@ class RunPlan(_Plan):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        return _safe_name(value, "a model (registry name or directory under models_dir)")
+        if os.path.isabs(value):  # a model directory anywhere on disk
+            return os.path.normpath(value)
+        return _safe_name(value, "a model (registry name, directory under models_dir, or absolute path)")
 
 
 class Experiment(_Plan):

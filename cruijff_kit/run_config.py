@@ -34,7 +34,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from cruijff_kit.errors import CkError
-from cruijff_kit.models.registry import MODELS, ModelSpec, get_model
+from cruijff_kit.models.registry import MODELS, ModelSpec, resolve_model
 from cruijff_kit.settings import normalize_slurm_mem, normalize_slurm_time
 
 DEFAULT_RECIPE = "cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_single_device_val"
@@ -201,18 +201,21 @@ def _slurm(normalize: Callable[[Any, str], str]) -> Callable[[Any], str]:
 
 
 def model_spec(model: str) -> ModelSpec:
-    """The registry entry of a model name, or of an absolute model directory (by its folder name)."""
-    return get_model(Path(model).name if os.path.isabs(model) else model)
+    """The registry entry of a model name, or of an absolute model directory (by folder name or config.json)."""
+    return resolve_model(model)
 
 
 def _model(value: Any) -> str:
     text = _line(value)
-    name = Path(text).name if os.path.isabs(text) else text
-    if name not in MODELS:
-        if os.path.isabs(text):
-            raise ValueError(f"a model directory must be named after a supported model ({', '.join(MODELS)})")
-        raise ValueError("unknown model")
-    return os.path.normpath(text) if os.path.isabs(text) else text
+    if not os.path.isabs(text):
+        if text not in MODELS:
+            raise ValueError("unknown model")
+        return text
+    try:
+        resolve_model(text)
+    except CkError as err:
+        raise ValueError(err.problem) from None
+    return os.path.normpath(text)
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], Any]:

@@ -27,7 +27,7 @@ from cruijff_kit.checks import check_dataset_shape
 from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import Experiment, RunPlan, find_experiment_dir
 from cruijff_kit.markdown_sections import set_section
-from cruijff_kit.models.registry import get_model
+from cruijff_kit.models.registry import get_model, model_dir_for, resolve_model
 from cruijff_kit.settings import load_settings
 from cruijff_kit.tools.torchtune.setup_finetune import (DEFAULT_RECIPE, SETUP_FILE, RenderResult, render_run,
                                                        settings_environment)
@@ -171,8 +171,8 @@ def validate_dataset(run: RunPlan, path: Path) -> None:
 
 
 def _model_ready(models_dir: Path, name: str) -> bool:
-    spec = get_model(name)
-    return all((models_dir / name / f).is_file() for f in spec.checkpoint_files) and (models_dir / name / spec.tokenizer_file).is_file()
+    spec, model_dir = resolve_model(name), model_dir_for(name, models_dir)
+    return all((model_dir / f).is_file() for f in spec.checkpoint_files) and (model_dir / spec.tokenizer_file).is_file()
 
 
 def scaffold_experiment(exp_dir: str | os.PathLike, *, force: bool = False, settings: Any = None,
@@ -249,14 +249,14 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
     for name in dict.fromkeys(run.model for run in exp.runs):
         if _model_ready(models_dir, name):
             continue
-        if get_model(name).embedded:
+        if not os.path.isabs(name) and get_model(name).embedded:
             from cruijff_kit.models.tiny import build_tiny_model
 
             out.built_model = build_tiny_model(models_dir)
             _log(exp_dir, "BUILD_MODEL", f"model {name}", f"ck models tiny --models-dir {models_dir}",
                  f"built {out.built_model}", "a run uses the embedded model and it was not built yet")
         else:
-            out.warnings.append(f"model {name} is not at {models_dir / name}: download it there before `ck run`")
+            out.warnings.append(f"model {name} is not at {model_dir_for(name, models_dir)}: download it there before `ck run`")
 
     # 4. Run directories, their files and their output directories.
     for run in exp.runs:

@@ -266,3 +266,37 @@ def test_design_refuses_a_model_directory_that_fails_verification(tiny, tmp_path
     assert code == 2
     assert f"{tiny}/config.json: num_hidden_layers: 3, but lora_tiny_llama builds 2" in capsys.readouterr().err
     assert not (tmp_path / "scratch" / "ck-sanity-checks" / "broken_model").exists()
+
+
+def _design_args(tmp_path, model) -> list[str]:
+    return ["design", "bit-sequences", "--preset", "embedded", "--model", str(model), "--yes", "--name", "anywhere",
+            "--scratch", str(tmp_path / "scratch"), "--data-dir", str(tmp_path / "data"),
+            "--epochs", "1", "--max-steps-per-epoch", "3"]
+
+
+@pytest.mark.training
+def test_a_model_directory_anywhere_on_disk_designs_scaffolds_and_runs(built_tiny, tmp_path, capsys):
+    """A downloaded model lives where the user put it, under any folder name: its absolute path is the
+    run's model; config.json picks the builder; design, scaffold and the recipe all use that directory."""
+    from cruijff_kit.experiment import Experiment
+    from cruijff_kit.monitor import run_experiment
+
+    model = shutil.copytree(built_tiny, tmp_path / "downloads" / "my-small-llama")
+    assert main(_design_args(tmp_path, model)) == 0
+    exp_dir = tmp_path / "scratch" / "ck-sanity-checks" / "anywhere"
+    assert {run.model for run in Experiment.load(exp_dir).runs} == {str(model)}
+    assert main(["scaffold", str(exp_dir)]) == 0
+    assert not (tmp_path / "scratch" / "models").exists()  # nothing built or looked for under models_dir
+    finetune = (exp_dir / "parity_run" / "finetune.yaml").read_text()
+    assert f"checkpoint_dir: {model}" in finetune and f"path: {model}/original/tokenizer.model" in finetune
+    states = run_experiment(exp_dir, executor="local", poll=0.5, live=False)
+    assert set(states.values()) == {"COMPLETED"}, states
+
+
+def test_a_model_directory_of_no_supported_architecture_is_refused_at_design(built_tiny, tmp_path, capsys):
+    model = shutil.copytree(built_tiny, tmp_path / "downloads" / "odd-model")
+    edit_config(model, num_hidden_layers=7)
+    assert main(_design_args(tmp_path, model)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "VERIFY_MODEL" in err[0] and "num_hidden_layers" in err[0] and str(model) in err[0]
+    assert not (tmp_path / "scratch" / "ck-sanity-checks" / "anywhere").exists()

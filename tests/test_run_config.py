@@ -203,7 +203,7 @@ def test_model_may_be_an_absolute_directory(tmp_path, settings):
     assert cfg["model"]["_component_"] == "cruijff_kit.models.tiny.lora_tiny_llama"
     with pytest.raises(CkError) as err:
         sf.render_run({"dataset_label": "d", "model": str(tmp_path / "my-model")}, tmp_path / "r", settings=settings)
-    assert err.value.field == "model" and "named after a supported model" in str(err.value)
+    assert err.value.field == "model" and "has no readable config.json" in str(err.value)  # a folder of no registry name needs one
 
 
 def test_unknown_and_duplicated_keys(tmp_path, settings):

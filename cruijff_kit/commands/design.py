@@ -21,7 +21,7 @@ SETTING_FLAGS = [
     ("--wandb-project", "wandb_project", {"metavar": "NAME", "help": "W&B project (default bit_sequences_YYYY-MM-DD)"}),
 ]
 VARIABLE_FLAGS = [
-    ("--model", "model", {"metavar": "NAME", "help": "ck-tiny-llama, Llama-3.2-1B-Instruct, or a directory under models_dir"}),
+    ("--model", "model", {"metavar": "NAME", "help": "ck-tiny-llama, Llama-3.2-1B-Instruct, a directory under models_dir, or a model directory's absolute path (any folder name: config.json picks the architecture)"}),
     ("--epochs", "epochs", {"type": int, "metavar": "E", "help": "training epochs"}),
     ("--batch-size", "batch_size", {"type": int, "metavar": "B"}),
     ("--lora-rank", "lora_rank", {"type": int, "metavar": "R", "help": "LoRA rank (alpha is always 2 x rank)"}),

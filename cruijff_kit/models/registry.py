@@ -6,7 +6,10 @@ tokenizer and recipe; only these fields differ.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from cruijff_kit.errors import CkError
@@ -89,3 +92,31 @@ def get_model(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise CkError("model", name, "unknown model", f"use one of {', '.join(MODELS)}") from None
+
+
+def resolve_model(model: str) -> ModelSpec:
+    """The spec for a registry name, or for a model directory given by its absolute path: the entry named
+    like the folder, else the one whose architecture its config.json has (a downloaded model can live
+    anywhere, under any name)."""
+    if not os.path.isabs(model):
+        return get_model(model)
+    model_dir = Path(model)
+    if model_dir.name in MODELS:
+        return MODELS[model_dir.name]
+    from cruijff_kit.models.verify import match_spec
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise CkError("model", model, "has no readable config.json, and its folder name is no registry model",
+                      f"give a Hugging Face model directory, or name its folder after one of {', '.join(MODELS)}") from None
+    spec = match_spec(model_dir, config) if isinstance(config, dict) else None
+    if spec is None:
+        raise CkError("model", model, "its config.json matches no supported architecture",
+                      f"use a model of one of these architectures: {', '.join(MODELS)} (`ck models verify DIR` says what differs)")
+    return spec
+
+
+def model_dir_for(model: str, models_dir: str | os.PathLike) -> Path:
+    """Where a run's model lives: the absolute path as given, else <models_dir>/<name>."""
+    return Path(model) if os.path.isabs(model) else Path(models_dir) / model
