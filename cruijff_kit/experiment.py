@@ -312,14 +312,16 @@ def find_experiment_dir(arg: str | os.PathLike, settings: Any = None) -> Path:
             if (scratch / sub / path.name).is_dir():
                 return scratch / sub / path.name
     where = f" or a name under {scratch}/ck-sanity-checks/ or ck-experiments/" if scratch else ""
-    raise CkError("experiment", str(arg), "no such experiment directory", f"give the experiment directory's path{where}")
+    raise CkError("experiment", str(arg), "no such experiment directory",
+                  f"give the path of the directory holding {SUMMARY_NAME}{where}")
 
 
 def require_experiment(arg: str | os.PathLike, settings: Any = None) -> Path:
-    """find_experiment_dir, refusing a directory that holds no experiment_summary.md."""
+    """find_experiment_dir, refusing a directory that holds neither experiment_summary.md nor a hand-made
+    run (a sub-directory with finetune.slurm)."""
     exp_dir = find_experiment_dir(arg, settings)
-    if not (exp_dir / SUMMARY_NAME).is_file():
-        raise CkError("EXP_DIR", str(arg), f"is not an experiment (no {SUMMARY_NAME} in {exp_dir})",
+    if not (exp_dir / SUMMARY_NAME).is_file() and not any(exp_dir.glob("*/finetune.slurm")):
+        raise CkError("EXP_DIR", str(arg), f"is not an experiment (no {SUMMARY_NAME} and no */finetune.slurm in {exp_dir})",
                       "give the directory `ck design` wrote, e.g. ck-scratch/ck-sanity-checks/<name>")
     return exp_dir
 
