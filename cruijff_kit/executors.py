@@ -687,7 +687,8 @@ class LocalExecutor(Executor):
         Path(job.output).parent.mkdir(parents=True, exist_ok=True)
         Path(job.error).parent.mkdir(parents=True, exist_ok=True)
         env_file = self._envfile(job.job_id)
-        env = json.loads(env_file.read_text()) if env_file.exists() else dict(os.environ)
+        env = load_json(env_file, "job environment", f"delete {env_file} and resubmit the job") if env_file.exists() \
+            else dict(os.environ)
         env["CK_JOB_ID"] = job.job_id
         argv = ["bash", "-c", _WRAPPER, "ck-local-job", SCRIPT_NAME, job.output, job.error,
                 str(self._exitfile(job.job_id)), str(job.time_limit or 0), str(self._marker(job.job_id))]
@@ -709,7 +710,7 @@ class LocalExecutor(Executor):
         alive = job.proc_start is not None and _proc_start_time(job.pid) == job.proc_start
         if alive:  # still running, or its exit code is written and the wrapper is finishing: next look
             return
-        code = int(exitfile.read_text().strip()) if exitfile.exists() else None
+        code = _exit_code(exitfile)
         job.ended_at = exitfile.stat().st_mtime if exitfile.exists() else time.time()
         if self._marker(job.job_id).exists():
             final = JobInfo(job.job_id, "TIMEOUT", code, f"time limit of {job.time_limit} s reached")
@@ -740,6 +741,14 @@ class LocalExecutor(Executor):
                         (name not in found or job.submitted_at >= found[name].submitted_at):
                     found[name] = job
         return {name: job.job_id for name, job in found.items()}
+
+
+def _exit_code(exitfile: Path) -> int | None:
+    """The exit code the job wrapper wrote; None when absent or not a number (a torn write)."""
+    try:
+        return int(read_text(exitfile, "exit code file").strip())
+    except (CkError, ValueError):
+        return None
 
 
 def make_executor(kind: str, *, state_dir: str | os.PathLike | None = None, max_jobs: int | None = None) -> Executor:
