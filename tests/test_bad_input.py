@@ -297,8 +297,7 @@ SCAFFOLD_CASES = {
     "scaffold-plan-wandb-slash": _plan_case("wandb_project: bit_sequences_2025-10-28", "wandb_project: a/b"),
     "scaffold-output-root-unwritable": prep(lambda ws: ws.edit_plan(ws.f, f"output_root: {ws.root}/scratch/ck-outputs/{NAME_F}",
                                                                     f"output_root: {ws.unwritable()}"), "scaffold {f}"),
-    "scaffold-output-root-under-file": _plan_case("output_root: /", "output_root: /", verb="scaffold") if False else
-        prep(lambda ws: ws.edit_plan(ws.f, f"output_root: {ws.root}/scratch/ck-outputs/{NAME_F}", f"output_root: {ws.file}/out"),
+    "scaffold-output-root-under-file": prep(lambda ws: ws.edit_plan(ws.f, f"output_root: {ws.root}/scratch/ck-outputs/{NAME_F}", f"output_root: {ws.file}/out"),
              "scaffold {f}"),
     "scaffold-output-root-is-file": prep(lambda ws: ws.edit_plan(ws.f, f"output_root: {ws.root}/scratch/ck-outputs/{NAME_F}",
                                                                  f"output_root: {ws.file}"), "scaffold {f}"),
@@ -568,7 +567,7 @@ def _one_line(case: str, template, tmp_path, monkeypatch, capsys) -> str:
 
 @pytest.mark.parametrize("case, must_say", [
     ("scaffold-plan-duplicate-key", "key given twice (lines"),
-    ("scaffold-plan-is-a-list", "{" if False else "must be a YAML mapping"),
+    ("scaffold-plan-is-a-list", "must be a YAML mapping"),
     ("design-lr-nan", "lr=nan"),
     ("config-set-data_dir-is-file", "data_dir="),
     ("render-setup-dataset_label-space", "dataset_label='my data'"),
