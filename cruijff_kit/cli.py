@@ -78,12 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     except CkError as err:
         print(f"{_prog(verb)}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        print(f"{_prog(verb)}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except BrokenPipeError:
         _drop_stdout()
         return EXIT_BROKEN_PIPE
+    except OSError as exc:  # a filesystem fault no pre-check caught: still one line, never a traceback
+        print(f"{_prog(verb)}: error: {filesystem_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{_prog(verb)}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _run_verb(verb: str | None, argv: list[str]) -> int:
@@ -95,6 +98,19 @@ def _run_verb(verb: str | None, argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.command_line = shlex.join(["ck", *argv])  # what the run log records as the command
     return int(_load(args.verb).run(args) or 0)
+
+
+def filesystem_error(exc: OSError) -> CkError:
+    """An OSError as the kit's one line: the path, what went wrong, and a fix."""
+    path = exc.filename or "path"
+    fixes = {
+        "PermissionError": "make it writable (chmod u+w) or choose another directory",
+        "NotADirectoryError": "a parent of that path is a file: move the file or choose another directory",
+        "IsADirectoryError": "give a file's path, not a directory's",
+        "FileExistsError": "move it away or choose another path",
+    }
+    return CkError("path", str(path), f"cannot be used ({exc.strerror or exc})",
+                   fixes.get(type(exc).__name__, "check the path, the disk and its permissions"))
 
 
 def _prog(verb: str | None) -> str:

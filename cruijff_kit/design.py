@@ -22,7 +22,7 @@ from cruijff_kit import explog
 from cruijff_kit.checks import Check as SanityCheck
 from cruijff_kit.checks import get_check
 from cruijff_kit.errors import CkError
-from cruijff_kit.fsutil import existing_ancestor
+from cruijff_kit.fsutil import check_writable_dir, existing_ancestor
 from cruijff_kit.experiment import (
     SUMMARY_NAME,
     Compute,
@@ -321,6 +321,11 @@ def write_experiment(
     if summary.exists() and not force:
         raise CkError("experiment_dir", str(exp_dir), f"already has an {SUMMARY_NAME}",
                       "pass --force to replace its plan (Jobs and Results sections are kept) or choose another --name")
+    if exp_dir.is_dir() and not summary.exists() and any(exp_dir.iterdir()) and not force:
+        raise CkError("experiment_dir", str(exp_dir), "is a non-empty directory that is not an experiment",
+                      "choose another --name, or pass --force to plan into it anyway")
+    check_writable_dir(exp_dir, "experiment_dir (--scratch)", "give --scratch a writable directory "
+                       "(or `ck config set scratch DIR`)")
     checks = verify(exp)
     failed = [c for c in checks if not c.ok]
     if failed:

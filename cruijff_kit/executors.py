@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from cruijff_kit.inputs import load_json, read_text
 from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_json
 
@@ -139,7 +140,7 @@ def sbatch_options(script: Path) -> dict[str, str]:
     """The `#SBATCH --key=value` / `--key value` / `-o value` lines before the first command."""
     short = {"-o": "output", "-e": "error", "-t": "time", "-J": "job-name"}
     options: dict[str, str] = {}
-    for line in script.read_text().splitlines():
+    for line in read_text(script, SCRIPT_NAME, "re-run `ck scaffold EXP_DIR --force`").splitlines():
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
             break  # sbatch stops reading options at the first command
@@ -523,6 +524,21 @@ class LocalExecutor(Executor):
 
     # -- the persisted job table
 
+    def _read_table(self) -> tuple[dict, dict[str, "LocalJob"]]:
+        """The local job table, or CkError naming it when it is not what this executor writes."""
+        if not self._table.exists():
+            return {"next_id": 1, "jobs": {}}, {}
+        fix = f"delete {self._table} if no local job is running (its jobs are then forgotten)"
+        data = load_json(self._table, "local job table", fix)
+        try:
+            jobs = {k: LocalJob(**{**v, "final": JobInfo(**v["final"]) if v.get("final") else None})
+                    for k, v in data["jobs"].items()}
+            int(data["next_id"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CkError("local job table", str(self._table), f"has an unexpected shape ({type(exc).__name__}: {exc})",
+                          fix) from None
+        return data, jobs
+
     @contextmanager
     def _locked(self, write: bool = True):
         """The job table under the table lock; written back (only if changed) when `write`."""
@@ -531,11 +547,12 @@ class LocalExecutor(Executor):
         elif not self._table.exists():
             yield {"next_id": 1, "jobs": {}}, {}
             return
+        if not write and not (self.state_dir / "jobs.lock").exists():  # a table without its lock: read it as it is
+            yield self._read_table()
+            return
         with open(self.state_dir / "jobs.lock", "a" if write else "r") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX if write else fcntl.LOCK_SH)
-            data = json.loads(self._table.read_text()) if self._table.exists() else {"next_id": 1, "jobs": {}}
-            jobs = {k: LocalJob(**{**v, "final": JobInfo(**v["final"]) if v.get("final") else None})
-                    for k, v in data["jobs"].items()}
+            data, jobs = self._read_table()
             before = json.dumps(data, sort_keys=True)
             yield data, jobs
             if write:
@@ -670,7 +687,8 @@ class LocalExecutor(Executor):
         Path(job.output).parent.mkdir(parents=True, exist_ok=True)
         Path(job.error).parent.mkdir(parents=True, exist_ok=True)
         env_file = self._envfile(job.job_id)
-        env = json.loads(env_file.read_text()) if env_file.exists() else dict(os.environ)
+        env = load_json(env_file, "job environment", f"delete {env_file} and resubmit the job") if env_file.exists() \
+            else dict(os.environ)
         env["CK_JOB_ID"] = job.job_id
         argv = ["bash", "-c", _WRAPPER, "ck-local-job", SCRIPT_NAME, job.output, job.error,
                 str(self._exitfile(job.job_id)), str(job.time_limit or 0), str(self._marker(job.job_id))]
@@ -692,7 +710,7 @@ class LocalExecutor(Executor):
         alive = job.proc_start is not None and _proc_start_time(job.pid) == job.proc_start
         if alive:  # still running, or its exit code is written and the wrapper is finishing: next look
             return
-        code = int(exitfile.read_text().strip()) if exitfile.exists() else None
+        code = _exit_code(exitfile)
         job.ended_at = exitfile.stat().st_mtime if exitfile.exists() else time.time()
         if self._marker(job.job_id).exists():
             final = JobInfo(job.job_id, "TIMEOUT", code, f"time limit of {job.time_limit} s reached")
@@ -723,6 +741,14 @@ class LocalExecutor(Executor):
                         (name not in found or job.submitted_at >= found[name].submitted_at):
                     found[name] = job
         return {name: job.job_id for name, job in found.items()}
+
+
+def _exit_code(exitfile: Path) -> int | None:
+    """The exit code the job wrapper wrote; None when absent or not a number (a torn write)."""
+    try:
+        return int(read_text(exitfile, "exit code file").strip())
+    except (CkError, ValueError):
+        return None
 
 
 def make_executor(kind: str, *, state_dir: str | os.PathLike | None = None, max_jobs: int | None = None) -> Executor:

@@ -20,15 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_text, locked
+from cruijff_kit.inputs import parse_yaml, read_text
 from cruijff_kit.markdown_sections import get_section
-from cruijff_kit.run_config import expects, plan_model
+from cruijff_kit.run_config import SAFE_NAME_RE, expects, plan_model
 from cruijff_kit.run_config import FIELDS as RUN_CONFIG_FIELDS
 from cruijff_kit.settings import load_settings, normalize_wandb_project, slurm_time_seconds
 
 SUMMARY_NAME = "experiment_summary.md"
 PLAN_HEADING = "Plan"
 PRESERVED_SECTIONS = ("Run directories", "Jobs", "Results")
-SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 LEARNABLE_TARGET_ACCURACY = 0.99
 
 _PLAN_RE = re.compile(r"^```ya?ml[ \t]*\n(.*?)^```[ \t]*$", flags=re.M | re.S)
@@ -254,7 +254,8 @@ class Experiment(_Plan):
     def from_plan_dict(cls, data: Any, where: str = "plan") -> "Experiment":
         """Validate a plan mapping; errors become one CkError naming the field path, value and fix."""
         if not isinstance(data, dict):
-            raise CkError(where, type(data).__name__, "the plan must be a YAML mapping", "restore the ```yaml block under ## Plan")
+            raise CkError(where, _shown(data), "the plan must be a YAML mapping of key: value",
+                          "restore the ```yaml block under ## Plan (re-run `ck design CHECK --yes --force` to rewrite it)")
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -269,14 +270,10 @@ class Experiment(_Plan):
         if not path.is_file():
             raise CkError("experiment_dir", str(path.parent), f"has no {SUMMARY_NAME}",
                           "run `ck design CHECK --yes` first, or point at an experiment directory")
-        block = extract_plan_block(path.read_text(), where=str(path))
-        try:
-            data = yaml.safe_load(block)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at plan line {mark.line + 1}" if mark is not None else ""
-            raise CkError(f"{path.name} ## Plan", "yaml", f"the plan block is not valid YAML{at}",
-                          "fix the indentation/quoting of the ```yaml block (strings with : or # need quotes)") from None
+        text = read_text(path, SUMMARY_NAME, "restore it from a good copy, or re-run `ck design CHECK --yes --force`")
+        block = extract_plan_block(text, where=str(path))
+        plan_line = text[: text.find(block)].count("\n")  # lines before the block: errors name the file's line
+        data = parse_yaml(block, f"{path} ## Plan", line_offset=plan_line)
         return cls.from_plan_dict(data, where=f"{path.name} plan")
 
     def plan_yaml(self) -> str:
@@ -297,7 +294,7 @@ class Experiment(_Plan):
         path = target / SUMMARY_NAME
         target.mkdir(parents=True, exist_ok=True)
         with locked(path):  # the same lock markdown_sections.set_section takes
-            existing = path.read_text() if path.exists() else None
+            existing = read_text(path, SUMMARY_NAME) if path.exists() else None
             atomic_write_text(path, self.render(existing))
         return path
 
@@ -317,7 +314,18 @@ def find_experiment_dir(arg: str | os.PathLike, settings: Any = None) -> Path:
             if (scratch / sub / path.name).is_dir():
                 return scratch / sub / path.name
     where = f" or a name under {scratch}/ck-sanity-checks/ or ck-experiments/" if scratch else ""
-    raise CkError("experiment", str(arg), "no such experiment directory", f"give the experiment directory's path{where}")
+    raise CkError("experiment", str(arg), "no such experiment directory",
+                  f"give the path of the directory holding {SUMMARY_NAME}{where}")
+
+
+def require_experiment(arg: str | os.PathLike, settings: Any = None) -> Path:
+    """find_experiment_dir, refusing a directory that holds neither experiment_summary.md nor a hand-made
+    run (a sub-directory with finetune.slurm)."""
+    exp_dir = find_experiment_dir(arg, settings)
+    if not (exp_dir / SUMMARY_NAME).is_file() and not any(exp_dir.glob("*/finetune.slurm")):
+        raise CkError("EXP_DIR", str(arg), f"is not an experiment (no {SUMMARY_NAME} and no */finetune.slurm in {exp_dir})",
+                      "give the directory `ck design` wrote, e.g. ck-scratch/ck-sanity-checks/<name>")
+    return exp_dir
 
 
 class _PlanDumper(yaml.SafeDumper):
@@ -387,6 +395,16 @@ def _check_fix(loc: tuple, leaf: str) -> str | None:
     return next((c.field_fixes[leaf] for c in registered().values() if leaf in c.field_fixes), None)
 
 
+def _shown(value: Any) -> Any:
+    """A value as an error shows it: a mapping or list by its keys or length, not as `'dict'`."""
+    if isinstance(value, dict):
+        keys = list(value)
+        return "{" + ", ".join(map(str, keys[:4])) + (", ..." if len(keys) > 4 else "") + "}"
+    if isinstance(value, list):
+        return f"[{len(value)} item(s)]"
+    return value
+
+
 def plan_error(exc: ValidationError, where: str = "plan") -> CkError:
     errors = exc.errors()
     first = errors[0]
@@ -401,11 +419,11 @@ def plan_error(exc: ValidationError, where: str = "plan") -> CkError:
         msg = "missing"
         fix = f"add it: {_fix(loc, leaf) or 'see the other runs for an example'}"
     else:
-        fix = _fix(loc, leaf) or f"edit the ```yaml block under ## Plan in {SUMMARY_NAME}"
+        in_file = SUMMARY_NAME in where
+        fix = _fix(loc, leaf) or (f"edit the ```yaml block under ## Plan in {SUMMARY_NAME}" if in_file
+                                  else "change the value given on the command line")
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    value = first.get("input") if first["type"] != "missing" else None
-    if isinstance(value, (dict, list)):
-        value = type(value).__name__
+    value = _shown(first.get("input")) if first["type"] != "missing" else None
     return CkError(f"{where}: {field}" if where != "plan" else field, value, msg + more, fix)
 
 

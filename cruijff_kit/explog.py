@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cruijff_kit.errors import CkError
+from cruijff_kit.inputs import read_text
 
 LOG_NAMES = {
     "design": "design-experiment.log",
@@ -117,4 +118,10 @@ def parse_log(text: str) -> list[LogEntry]:
 
 def read_log(exp_dir: str | os.PathLike, log: str) -> list[LogEntry]:
     path = log_path(exp_dir, log)
-    return parse_log(path.read_text()) if path.exists() else []
+    if not path.exists():
+        return []
+    try:
+        return parse_log(read_text(path, path.name))
+    except ValueError as exc:
+        raise CkError(path.name, str(path), f"is not a workflow log ({exc})",
+                      "restore it from a good copy, or move it away to start a new log") from None

@@ -57,3 +57,21 @@ def locked(path: str | os.PathLike) -> Iterator[None]:
     with open(path.with_name(f".{path.name}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def check_writable_dir(path: str | os.PathLike, field: str, fix: str) -> None:
+    """Refuse (CkError naming `field`) a directory that could not be created or written: a file in the
+    way, or a directory where a probe file cannot be made. Nothing is left behind."""
+    from cruijff_kit.errors import CkError
+
+    path = Path(path)
+    ancestor = existing_ancestor(path)
+    if not ancestor.is_dir():
+        where = "is a file" if ancestor == path else f"cannot be created: {ancestor} is a file"
+        raise CkError(field, str(path), f"{where}, not a directory", fix)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ck-probe.", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CkError(field, str(path), f"cannot be written ({exc.strerror or exc} in {ancestor})", fix) from None

@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+from cruijff_kit.inputs import read_text
 from cruijff_kit.fsutil import atomic_write_text, locked
 
 
@@ -42,7 +43,7 @@ def set_section(path: str | os.PathLike, heading: str, body: str) -> None:
     """Rewrite `## heading` of the file at `path` (appending it if absent)."""
     path = Path(path)
     with locked(path):
-        text = path.read_text() if path.exists() else ""
+        text = read_text(path, path.name) if path.exists() else ""
         new = replace_section(text, heading, body)
         if new != text:
             atomic_write_text(path, new)

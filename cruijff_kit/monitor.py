@@ -39,6 +39,7 @@ from typing import IO, Iterator
 import yaml
 
 from cruijff_kit import explog
+from cruijff_kit.inputs import load_json, load_yaml_mapping, read_text
 from cruijff_kit.errors import CkError
 from cruijff_kit.executors import (
     SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SubmitError, is_terminal, log_tail,
@@ -65,7 +66,7 @@ def scaffolded_runs(exp_dir: Path) -> list[tuple[str, Path]]:
     every sub-directory holding a finetune.slurm is a run (hand-made experiments).
     """
     summary = exp_dir / SUMMARY_NAME
-    if summary.is_file() and re.search(r"^## Plan[ \t]*$", summary.read_text(), flags=re.M):
+    if summary.is_file() and re.search(r"^## Plan[ \t]*$", read_text(summary, SUMMARY_NAME), flags=re.M):
         from cruijff_kit.experiment import Experiment  # pydantic: only when there is a plan
 
         exp = Experiment.load(exp_dir)
@@ -124,6 +125,9 @@ class RunState:
         return (self.ended_at or now) - self.running_since
 
 
+_STATE_FIX = "restore it from the job ids in run-experiment.log, or delete it to resubmit everything"
+
+
 class RunStateFile:
     def __init__(self, exp_dir: Path):
         self.path = exp_dir / STATE_NAME
@@ -135,12 +139,12 @@ class RunStateFile:
         self = cls(exp_dir)
         if self.path.exists():
             try:
-                data = json.loads(self.path.read_text())
+                data = load_json(self.path, STATE_NAME, _STATE_FIX)
                 self.executor = data["executor"]
                 self.runs = {name: RunState(**fields) for name, fields in data["runs"].items()}
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise CkError(STATE_NAME, str(self.path), f"unreadable ({exc.__class__.__name__}: {exc})",
-                              "restore it from the job ids in run-experiment.log, or delete it to resubmit everything") from None
+                              _STATE_FIX) from None
         return self
 
     def exists(self) -> bool:
@@ -271,7 +275,7 @@ def halve_batch_size(run_dir: Path) -> tuple[int, int]:
     config = run_dir / "finetune.yaml"
     if not config.is_file():
         raise CkError("finetune.yaml", str(config), "missing, cannot lower the batch size", "re-run `ck scaffold EXP_DIR`")
-    data = yaml.safe_load(config.read_text())
+    data = load_yaml_mapping(config, "finetune.yaml", "re-run `ck scaffold EXP_DIR --force`")
     old = int(data.get("batch_size", 0)) if isinstance(data, dict) else 0
     if old < 2:
         raise CkError("batch_size", old, "cannot be halved", "give the job more GPU memory (a larger GPU or a smaller model)")
@@ -280,7 +284,7 @@ def halve_batch_size(run_dir: Path) -> tuple[int, int]:
     atomic_write_text(config, yaml.safe_dump(data, sort_keys=False))
     setup = run_dir / "setup_finetune.yaml"
     if setup.is_file():
-        setup_data = yaml.safe_load(setup.read_text())
+        setup_data = load_yaml_mapping(setup, "setup_finetune.yaml")
         if isinstance(setup_data, dict) and "batch_size" in setup_data:
             setup_data["batch_size"] = new  # keep a later re-render consistent with what ran
             atomic_write_text(setup, yaml.safe_dump(setup_data, sort_keys=False))

@@ -131,6 +131,17 @@ def _name(value: Any) -> str:
     return text
 
 
+SAFE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # what ck design accepts for a name
+
+
+def _safe_name(value: Any) -> str:
+    """A file or directory name the design step would write: letters, digits, _ - . (one contract)."""
+    text = _line(value)
+    if not SAFE_NAME_RE.match(text) or ".." in text:
+        raise ValueError("may use only letters, digits, _ - . (no spaces or slashes, not starting with - or .)")
+    return text
+
+
 def _group_name(value: Any) -> str:
     text = _line(value)
     if "/" in text or text in (".", ".."):
@@ -241,6 +252,7 @@ Line = Annotated[str, Kind("str", "one line of text"), BeforeValidator(_line)]
 OptionalLine = Annotated[Optional[str], Kind("str|null", "one line of text, or '' for none"), BeforeValidator(_optional_line)]
 Text = Annotated[str, Kind("text", "text without NUL characters"), BeforeValidator(_text)]
 Name = Annotated[str, Kind("str", "a non-empty name without '/'"), BeforeValidator(_name)]
+SafeName = Annotated[str, Kind("str", "letters, digits, _ - . e.g. my_data"), BeforeValidator(_safe_name)]
 GroupName = Annotated[str, Kind("str", "a name without '/', or '' for none"), BeforeValidator(_group_name)]
 PathStr = Annotated[str, Kind("path", "a directory path"), BeforeValidator(_path)]
 OptionalPath = Annotated[Optional[str], Kind("path|null", "a path, or '' for none"), BeforeValidator(_optional_path)]
@@ -291,7 +303,7 @@ class RunConfig(BaseModel):
         derived="the experiment directory's name when the run directory sits in the scratch layout "
                 "(<scratch>/ck-sanity-checks/<experiment>/<run>), else '' (no grouping)")
     # -- dataset
-    dataset_label: Name = key(help="dataset file name without extension (my_data for my_data.json)", group=_D,
+    dataset_label: SafeName = key(help="dataset file name without extension (my_data for my_data.json)", group=_D,
                               example="my_data")
     dataset_ext: _one_of(".json") = key(".json", help="dataset file extension; the file holds top-level 'train' and "
                                         "'validation' lists", group=_D, example=".json")

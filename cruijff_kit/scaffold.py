@@ -26,6 +26,8 @@ from cruijff_kit import explog
 from cruijff_kit.checks import check_dataset_shape
 from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import Experiment, RunPlan, find_experiment_dir
+from cruijff_kit.fsutil import check_writable_dir
+from cruijff_kit.inputs import load_json
 from cruijff_kit.markdown_sections import set_section
 from cruijff_kit.models.registry import get_model, model_dir_for, resolve_model
 from cruijff_kit.settings import load_settings
@@ -158,11 +160,7 @@ def _log(exp_dir: Path, action: str, description: str, command: str, result: str
 
 def validate_dataset(run: RunPlan, path: Path) -> None:
     """The dataset file is JSON of the shape its check describes (CkError naming the first bad row)."""
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise CkError("dataset", str(path), f"is not readable JSON ({exc})",
-                      "regenerate it (delete the file and run ck scaffold)") from None
+    data = load_json(path, f"{run.name}.dataset", "regenerate it (delete the file and run ck scaffold)")
     check = run.dataset.check_obj()
     if check is None:
         check_dataset_shape(data, path)
@@ -187,6 +185,7 @@ def scaffold_experiment(exp_dir: str | os.PathLike, *, force: bool = False, sett
         raise CkError("experiment_dir", exp.experiment_dir, f"the plan names another directory than {exp_dir}",
                       "run ck scaffold on the directory the plan names, or fix experiment_dir in the ## Plan block")
 
+    check_writable_dir(exp_dir, "experiment_dir", "make the experiment directory writable (chmod u+w)")
     with open(exp_dir / ".scaffold.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return _scaffold_locked(exp, exp_dir, force, settings, command, progress)
@@ -210,6 +209,82 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
              "nothing written", "the plan or a file changed since the last scaffold; re-run with --force to rewrite")
         raise ScaffoldConflict(exp_dir, diff, conflicts)
 
+    try:
+        _check_destinations(exp, renders)
+    except CkError as exc:
+        _log_failure(exp_dir, "REFUSE_DESTINATION", "nothing written", command, exc)
+        raise
+    undo = _Undo()
+    try:
+        return _write_all(exp, exp_dir, renders, settings, command, progress, undo)
+    except BaseException as exc:
+        undo.restore()
+        if not isinstance(exc, Exception):
+            raise
+        _log_failure(exp_dir, "SCAFFOLD_FAILED", "every file put back as it was", command, exc)
+        raise
+
+
+def _log_failure(exp_dir: Path, action: str, result: str, command: str, exc: BaseException) -> None:
+    try:
+        _log(exp_dir, action, "scaffold stopped", command, result, " ".join(str(exc).split()) or type(exc).__name__)
+    except OSError:
+        pass  # the log itself cannot be written: the error the user sees says why
+
+
+def _check_destinations(exp: Experiment, renders: dict[str, RenderResult]) -> None:
+    """Every directory scaffold may write, checked before the first write."""
+    for run in exp.runs:
+        check_writable_dir(renders[run.name].output_dir, f"{run.name} output directory (output_root)",
+                           "set output_root in the plan, or `ck config set scratch DIR`, to a writable directory")
+        data_dir = run.dataset.dataset_path(exp).parent
+        if run.dataset.args() is not None:
+            check_writable_dir(data_dir, f"{run.name}.dataset (data_dir)",
+                               "`ck config set data_dir DIR` to a writable directory and re-run ck design")
+        if get_model(run.model).embedded and not _model_ready(Path(exp.models_dir), run.model):
+            check_writable_dir(exp.models_dir, "models_dir",
+                               "`ck config set models_dir DIR` to a writable directory and re-run ck design")
+
+
+class _Undo:
+    """What a failed scaffold must put back: paths it created, files it overwrote."""
+
+    def __init__(self) -> None:
+        self.created: list[Path] = []
+        self.saved: dict[Path, bytes] = {}
+
+    def mkdir(self, path: Path) -> None:
+        top = path
+        while not top.parent.exists():
+            top = top.parent
+        if not path.exists():
+            self.created.append(top)
+        path.mkdir(parents=True, exist_ok=True)
+
+    def save(self, *paths: Path) -> None:
+        for path in paths:
+            if path.is_file() and path not in self.saved:
+                self.saved[path] = path.read_bytes()
+            elif not path.exists():
+                self.created.append(path)
+
+    def restore(self) -> None:
+        import shutil
+
+        for path in reversed(self.created):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for path, data in self.saved.items():
+            try:
+                path.write_bytes(data)
+            except OSError:
+                pass
+
+
+def _write_all(exp: Experiment, exp_dir: Path, renders: dict[str, RenderResult], settings: Any, command: str,
+               progress: bool, undo: _Undo) -> ScaffoldResult:
     out = ScaffoldResult(exp_dir, [])
 
     # 2. Datasets: one per distinct file, generated only when no file with matching provenance exists.
@@ -221,7 +296,7 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
         args = run.dataset.args()
         if args is None:
             if not path.is_file():
-                raise CkError(f"{run.name}.dataset.path", str(path), "does not exist",
+                raise CkError(f"{run.name}.dataset.path", str(path), "is a directory" if path.is_dir() else "does not exist",
                               "create the file, or plan a generated dataset with ck design")
             validate_dataset(run, path)
             continue
@@ -239,6 +314,7 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
         for path, run in tqdm(to_generate, desc="generating datasets", unit="dataset", disable=not progress, file=sys.stderr):
             args, check = run.dataset.args(), run.dataset.check_obj()
             why = "no file there yet" if not path.exists() else "the existing file's provenance does not match the plan"
+            undo.save(path, path.with_name(path.name + ".provenance.json"))
             report = check.generate(args, path)
             validate_dataset(run, path)
             out.generated.append(path)
@@ -252,6 +328,8 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
         if not os.path.isabs(name) and get_model(name).embedded:
             from cruijff_kit.models.tiny import build_tiny_model
 
+            undo.mkdir(models_dir)
+            undo.save(models_dir / name)
             out.built_model = build_tiny_model(models_dir)
             _log(exp_dir, "BUILD_MODEL", f"model {name}", f"ck models tiny --models-dir {models_dir}",
                  f"built {out.built_model}", "a run uses the embedded model and it was not built yet")
@@ -262,7 +340,8 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
     for run in exp.runs:
         render = renders[run.name]
         created = not render.run_dir.exists()
-        render.run_dir.mkdir(parents=True, exist_ok=True)
+        undo.mkdir(render.run_dir)
+        undo.save(*(render.run_dir / name for name in render.changed))
         if created:
             _log(exp_dir, "CREATE_RUN_DIR", f"run {run.name}", f"mkdir -p {render.run_dir}",
                  f"created {render.run_dir}", "one directory per run holds its configs")
@@ -272,7 +351,7 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
                  f"cd {render.run_dir} && python -m cruijff_kit.tools.torchtune.setup_finetune",
                  f"wrote {', '.join(changed)}",
                  f"{SETUP_FILE} from the plan; finetune.yaml and finetune.slurm rendered from it; outputs go to {render.output_dir}")
-        render.output_dir.mkdir(parents=True, exist_ok=True)
+        undo.mkdir(render.output_dir)
         out.runs.append(RunScaffold(run.name, render.run_dir, render.output_dir, run.dataset.dataset_path(exp), created, changed))
 
     planned = {run.name for run in exp.runs}
@@ -280,6 +359,7 @@ def _scaffold_locked(exp: Experiment, exp_dir: Path, force: bool, settings: Any,
         if child.is_dir() and (child / SETUP_FILE).is_file() and child.name not in planned:
             out.warnings.append(f"{child} is not a run of the plan any more (left in place)")
 
+    undo.save(exp.summary_path())
     set_section(exp.summary_path(), RUN_DIRS_HEADING, _run_dirs_section(out))
     if out.changed:
         _log(exp_dir, "SCAFFOLD_COMPLETE", f"{len(out.runs)} run(s) ready", command,

@@ -23,13 +23,14 @@ import yaml
 
 from cruijff_kit.errors import CkError
 from cruijff_kit.inputs import load_yaml_mapping
-from cruijff_kit.fsutil import atomic_write_text
+from cruijff_kit.fsutil import atomic_write_text, check_writable_dir, existing_ancestor
 from cruijff_kit.paths import default_data_dir
 
 EXECUTORS = ("local", "slurm")
 
 SLURM_TIME_RE = re.compile(r"^(\d+-)?\d{1,2}:\d{2}:\d{2}$")
 SLURM_MEM_RE = re.compile(r"^[1-9]\d*[KMGT]?$")
+MODULE_RE = re.compile(r"^[A-Za-z0-9_.+/@:-]+$")
 WANDB_PROJECT_RE = re.compile(r"^[^/\\#?%:\s]{1,128}$")
 
 
@@ -94,7 +95,12 @@ def _as_path(value: Any, field: str) -> Path:
     text = str(value).strip()
     if not text:
         raise CkError(field, value, "empty path", "give a directory, e.g. ./ck-scratch")
-    return Path(os.path.expandvars(text)).expanduser().resolve()
+    path = Path(os.path.expandvars(text)).expanduser().resolve()
+    ancestor = existing_ancestor(path)
+    if not ancestor.is_dir():
+        where = "is a file" if ancestor == path else f"is under {ancestor}, which is a file"
+        raise CkError(field, value, f"{where}, not a directory", f"give a directory, e.g. {path.parent / 'ck-data'}")
+    return path
 
 
 def _as_optional_str(value: Any, field: str) -> str | None:
@@ -110,13 +116,15 @@ def _as_modules(value: Any, field: str) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        items = value.replace(",", " ").split()
+        items = [m.strip() for m in value.split(",")] if "," in value else value.split()
     elif isinstance(value, (list, tuple)):
         items = [str(v).strip() for v in value]
     else:
         raise CkError(field, value, "not a list of module names", "e.g. `ck config set modules anaconda3/2024.6,cudatoolkit/12.4`")
-    if any(not m or " " in m for m in items):
-        raise CkError(field, value, "module names must be non-empty and without spaces", "separate modules by commas")
+    bad = next((m for m in items if not MODULE_RE.match(m)), None)
+    if bad is not None:
+        raise CkError(field, value, f"module name {bad!r} is empty or has a space or a shell character",
+                      "separate module names by commas, e.g. anaconda3/2024.6,cudatoolkit/12.4")
     return items
 
 
@@ -288,6 +296,7 @@ def set_setting(key: str, value: Any, *, env: Mapping[str, str] = os.environ,
     data = read_settings_file(file_path)
     parsed = KEYS[key].parse(value, key)
     data[key] = str(parsed) if isinstance(parsed, Path) else parsed
+    check_writable_dir(file_path.parent, "settings file (CK_CONFIG)", "set CK_CONFIG to a file in a writable directory")
     _write_settings_file(file_path, data)
     return key, parsed, file_path
 

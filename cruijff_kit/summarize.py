@@ -67,6 +67,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from cruijff_kit.inputs import load_json, read_text
 from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import SUMMARY_NAME, Experiment, binary_entropy_nats, find_experiment_dir
 from cruijff_kit.fsutil import atomic_write_json
@@ -194,7 +195,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict] | None:
     if not path.is_file():
         return None
     rows = []
-    lines = path.read_text().splitlines()
+    lines = read_text(path, "metrics file", "re-run the training").splitlines()
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -203,7 +204,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict] | None:
         except json.JSONDecodeError:
             if i == len(lines) - 1:  # still being written
                 continue
-            raise CkError(str(path), f"line {i + 1}", "is not JSON", "the file is corrupt; re-run the training") from None
+            raise CkError(f"{path} line {i + 1}", line[:60], "is not JSON", "the file is corrupt; re-run the training") from None
         if isinstance(row, dict):
             rows.append(row)
     return rows
@@ -213,10 +214,7 @@ def read_dataset(path: str | os.PathLike) -> dict | None:
     path = Path(path)
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise CkError("dataset", str(path), "is not valid JSON", "regenerate it (delete the file and run ck scaffold)") from None
+    data = load_json(path, "dataset", "regenerate it (delete the file and run ck scaffold)")
     if not isinstance(data, dict) or not isinstance(data.get("train"), list) or not isinstance(data.get("validation"), list):
         raise CkError("dataset", str(path), "needs top-level `train` and `validation` lists", "regenerate it")
     return data

@@ -217,7 +217,7 @@ def test_unknown_and_duplicated_keys(tmp_path, settings):
     run_dir.mkdir()
     (run_dir / "setup_finetune.yaml").write_text("dataset_label: d\nepochs: 2\nepochs: 3\n")
     proc = cli([], run_dir, tmp_path)
-    assert proc.returncode == 2 and "epochs='line 3': given twice" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "'epochs': key given twice (lines 2 and 3)" in proc.stderr and "Traceback" not in proc.stderr
     (run_dir / "setup_finetune.yaml").write_bytes(b"dataset_label: \xff\xfe\n")
     with pytest.raises(CkError, match="not UTF-8"):
         sf.render_run(None, run_dir, settings=settings, write=False)

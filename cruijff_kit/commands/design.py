@@ -91,7 +91,8 @@ def _add_check_parser(targets, check) -> None:
     sub.add_argument("--name", help=f"experiment name (default sanity_check_{check.name}_YYYY-MM-DD)")
     sub.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     sub.add_argument("--force", action="store_true",
-                     help="replace an existing plan of the same name (its Jobs and Results sections are kept)")
+                     help="replace an existing plan of the same name (its Jobs and Results sections are kept), "
+                          "or plan into a non-empty directory that holds no experiment")
     where = sub.add_argument_group("where things go (override settings; see `ck config show`)")
     for flag, dest, kw in SETTING_FLAGS:
         where.add_argument(flag, dest=dest, **kw)

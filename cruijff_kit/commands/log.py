@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cruijff_kit import explog
-from cruijff_kit.experiment import find_experiment_dir
+from cruijff_kit.experiment import find_experiment_dir, require_experiment
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    exp_dir = find_experiment_dir(args.exp_dir)
+    exp_dir = require_experiment(args.exp_dir)
     entry = explog.append_entry(exp_dir, args.log, args.action, args.description, command=args.command,
                                 result=args.result, explanation=args.explanation)
     print(f"{explog.log_path(exp_dir, args.log)}: [{entry.timestamp}] {entry.action}")

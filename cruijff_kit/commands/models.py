@@ -72,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
     models_dir = args.models_dir if args.models_dir is not None else _default_models_dir()
     target = Path(models_dir).expanduser().resolve() / MODEL_NAME
     existed = (target / "model.safetensors").is_file()
+    if not existed or args.force:
+        from cruijff_kit.fsutil import check_writable_dir
+
+        check_writable_dir(target.parent, "--models-dir" if args.models_dir is not None else "models_dir",
+                           "give a writable directory (or `ck config set models_dir DIR`)")
     path = build_tiny_model(models_dir, seed=args.seed, force=args.force)
     if existed and not args.force:
         print(f"{path}: already built (use --force to rebuild)")
@@ -102,6 +107,9 @@ def _list(args: argparse.Namespace) -> int:
     from cruijff_kit.models.verify import verify_model_dir
 
     models_dir = (args.models_dir if args.models_dir is not None else _default_models_dir()).expanduser().resolve()
+    if models_dir.exists() and not models_dir.is_dir():
+        raise CkError("--models-dir" if args.models_dir is not None else "models_dir", str(models_dir),
+                      "is a file, not a directory", "give the directory that holds one folder per model")
     print(f"models_dir: {models_dir}")
     dirs = sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if models_dir.is_dir() else []

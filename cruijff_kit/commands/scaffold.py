@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import textwrap
 
 
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     command = "ck scaffold " + shlex.quote(args.exp_dir) + (" --force" if args.force else "")
     try:
-        result = scaffold_experiment(args.exp_dir, force=args.force, command=command, progress=not args.no_progress)
+        result = scaffold_experiment(args.exp_dir, force=args.force, command=command, progress=not args.no_progress and sys.stderr.isatty())
     except ScaffoldConflict as conflict:
         print(conflict.diff, end="" if conflict.diff.endswith("\n") else "\n")
         raise

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from cruijff_kit.executors import is_terminal
-from cruijff_kit.experiment import find_experiment_dir
+from cruijff_kit.experiment import require_experiment
 from cruijff_kit.monitor import experiment_status, format_table
 
 
@@ -22,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    status = experiment_status(find_experiment_dir(args.exp_dir))
+    status = experiment_status(require_experiment(args.exp_dir))
     if args.json:
         print(json.dumps(status, indent=2))
     else:

@@ -44,7 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = summarize_experiment(args.exp_dir, write=args.write)
+    from cruijff_kit.experiment import require_experiment
+
+    result = summarize_experiment(require_experiment(args.exp_dir), write=args.write)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from cruijff_kit.errors import CkError
+from cruijff_kit.inputs import load_json
 from cruijff_kit.models.registry import ARCHITECTURE_FIELDS, MODELS, ModelSpec
 
 CONFIG_FILE = "config.json"
@@ -137,9 +139,9 @@ def _read_config(path: Path, problems: list[Problem]) -> dict[str, Any] | None:
         problems.append(Problem(path, "file", "missing; a Hugging Face model directory has config.json at its top"))
         return None
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        problems.append(Problem(path, "file", f"not readable JSON ({exc})"))
+        config = load_json(path, "config.json")
+    except CkError as exc:
+        problems.append(Problem(path, "file", exc.problem))
         return None
     if not isinstance(config, dict):
         problems.append(Problem(path, "file", "not a JSON object"))

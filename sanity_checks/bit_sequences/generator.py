@@ -36,7 +36,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from cruijff_kit.errors import CkError
-from cruijff_kit.fsutil import atomic_write_bytes, atomic_write_json, existing_ancestor
+from cruijff_kit.fsutil import atomic_write_bytes, atomic_write_json, check_writable_dir, existing_ancestor
+from cruijff_kit.inputs import load_json
 from cruijff_kit.paths import default_data_dir
 
 GENERATOR_NAME = "cruijff_kit.generate.bit_sequences"  # recorded in provenance files: kept so existing datasets are reused
@@ -154,7 +155,8 @@ def validate_output_name(output: object) -> str:
     separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
     if any(sep in output for sep in separators) or output in (".", ".."):
         raise CkError("--output", output, "must be a file name, not a path",
-                      f"pass --output {Path(output).name or 'parity.json'} and put the directory in --output_dir")
+                      f"pass --output {Path(output).name if Path(output).name not in ('', '.', '..') else 'parity.json'} "
+                      "and put the directory in --output_dir")
     return output
 
 
@@ -165,8 +167,7 @@ def check_output_dir(output_dir: str | os.PathLike) -> Path:
     nearest = existing_ancestor(directory)
     if not nearest.is_dir():
         raise CkError("--output_dir", str(output_dir), f"{nearest} exists and is not a directory", fix)
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        raise CkError("--output_dir", str(output_dir), f"{nearest} is not writable", fix)
+    check_writable_dir(directory, "--output_dir", fix)
     return directory
 
 
@@ -410,12 +411,9 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     record_path = path if path.name.endswith(PROVENANCE_SUFFIX) else provenance_path_for(path)
     fix = "regenerate it with `ck generate bit-sequences`"
-    try:
-        record = json.loads(record_path.read_text())
-    except FileNotFoundError:
-        raise CkError("dataset", str(path), f"has no provenance record ({record_path.name})", fix) from None
-    except (OSError, ValueError) as exc:
-        raise CkError("dataset", str(path), f"provenance record {record_path} is unreadable ({exc})", fix) from None
+    if not record_path.exists():
+        raise CkError("dataset", str(path), f"has no provenance record ({record_path.name})", fix)
+    record = load_json(record_path, "provenance record", fix)
     if not isinstance(record, dict):
         raise CkError("dataset", str(path), f"provenance record {record_path} is not a JSON object", fix)
     return record

@@ -40,7 +40,8 @@ import yaml
 
 from cruijff_kit import run_config
 from cruijff_kit.errors import CkError
-from cruijff_kit.fsutil import atomic_write_text
+from cruijff_kit.fsutil import atomic_write_text, check_writable_dir
+from cruijff_kit.inputs import load_yaml_mapping, read_text
 from cruijff_kit.run_config import (DEFAULT_RECIPE, SETUP_FILE, RunConfig, model_spec, output_dir, resolve,
                                     settings_environment, validate_given)
 
@@ -261,46 +262,17 @@ class RenderResult:
         out = []
         for name in self.changed:
             path = self.run_dir / name
-            old = path.read_text().splitlines(keepends=True) if path.exists() else []
+            old = read_text(path, name).splitlines(keepends=True) if path.exists() else []
             out.extend(difflib.unified_diff(old, self.files[name].splitlines(keepends=True),
                                             fromfile=str(path), tofile=f"{path} (new)"))
         return "".join(out)
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A key given twice in setup_finetune.yaml is an error, not "the last one wins"."""
-
-
-def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set = set()
-    for key_node, _ in node.value:
-        name = loader.construct_object(key_node, deep=deep)
-        if name in seen:
-            raise CkError(str(name), f"line {key_node.start_mark.line + 1}", "given twice in the setup file",
-                          "keep one of them")
-        seen.add(name)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
 def load_setup_file(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except FileNotFoundError:
-        raise CkError("config_file", str(path), "not found",
-                      f"run from a run directory holding {SETUP_FILE}, pass --config_file, or give every key as a flag") from None
-    except UnicodeDecodeError:
-        raise CkError("config_file", str(path), "not UTF-8 text", "save it as UTF-8 YAML") from None
-    except yaml.YAMLError as exc:
-        raise CkError("config_file", str(path), f"not valid YAML ({exc.__class__.__name__})", "fix the file") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise CkError("config_file", str(path), "must be a YAML mapping of key: value", "see the seed README's example")
-    return data
+    """setup_finetune.yaml through the kit's one reader: decode, YAML, duplicated keys and shape errors
+    name the file and line."""
+    return load_yaml_mapping(path, "config_file",
+                             f"run from a run directory holding {SETUP_FILE}, pass --config_file, or give every key as a flag")
 
 
 def render_run(setup: Mapping[str, Any] | str | os.PathLike | None = None, run_dir: str | os.PathLike = ".",
@@ -387,10 +359,17 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {k: v for k, v in vars(args).items() if k not in meta}
         overrides = {_written_flag(argv, k): v for k, v in overrides.items()}
         setup = Path(args.config_file) if args.config_file is not None else None
+        if not args.dry_run:
+            check_writable_dir(args.run_dir, "--run_dir", "run from (or pass --run_dir) a writable run directory")
         result = render_run(setup, args.run_dir, overrides, write=not args.dry_run)
     except CkError as err:
         print(f"setup_finetune: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as exc:  # the run directory cannot be written: one line, never a traceback
+        from cruijff_kit.cli import filesystem_error
+
+        print(f"setup_finetune: error: {filesystem_error(exc)}", file=sys.stderr)
+        return 2
     if args.dry_run:
         print(result.diff() or "nothing would change")
         return 0
