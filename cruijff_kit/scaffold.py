@@ -241,7 +241,7 @@ def _check_destinations(exp: Experiment, renders: dict[str, RenderResult]) -> No
         if run.dataset.args() is not None:
             check_writable_dir(data_dir, f"{run.name}.dataset (data_dir)",
                                "`ck config set data_dir DIR` to a writable directory and re-run ck design")
-        if get_model(run.model).embedded and not _model_ready(Path(exp.models_dir), run.model):
+        if resolve_model(run.model).embedded and not _model_ready(Path(exp.models_dir), run.model):
             check_writable_dir(exp.models_dir, "models_dir",
                                "`ck config set models_dir DIR` to a writable directory and re-run ck design")
 
