@@ -111,8 +111,10 @@ def test_a_killed_rank_fails_the_job_without_a_hang_and_is_reported(tmp_path):
     exp = design_and_scaffold(tmp_path, env, "killed", "--procs-per-node", "2", "--N", "3000", "--val-size", "8",
                               "--epochs", "1", "--batch-size", "1", "--run-val-every-n-steps", "0",
                               "--log-every-n-steps", "1")
-    run = subprocess.Popen([*CK, "run", str(exp), "--executor", "local", "--poll", "0.5", "--max-submit", "1"],
-                           env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_output = tmp_path / "ck-run.out"
+    with open(run_output, "w") as sink:
+        run = subprocess.Popen([*CK, "run", str(exp), "--executor", "local", "--poll", "0.5", "--max-submit", "1"],
+                               env=env, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
         metrics_file = tmp_path / "scratch" / "ck-outputs" / "killed" / "ck-out-parity_run" / "logs" / "metrics.jsonl"
         deadline = time.monotonic() + 300
@@ -128,9 +130,13 @@ def test_a_killed_rank_fails_the_job_without_a_hang_and_is_reported(tmp_path):
             time.sleep(0.5)
             states = run_states(exp) if (exp / ".ck-run-state.json").is_file() else {}
     finally:
-        for pid in _rank_one_pids(tmp_path / "scratch"):  # the second run: end it too, same way
-            os.kill(pid, signal.SIGKILL)
-        output, _ = run.communicate(timeout=300)
+        end = time.monotonic() + 300
+        while run.poll() is None and time.monotonic() < end:  # the second run: end it the same way, at once
+            for pid in _rank_one_pids(tmp_path / "scratch"):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        run.wait(timeout=60)
+    output = run_output.read_text()
     assert states["parity_run"]["state"] == "FAILED", output[-3000:]
     log = job_log(tmp_path, "killed", "parity_run", states["parity_run"]["job_id"])
     assert "rank       : 1" in log or "rank: 1" in log, log[-3000:]
