@@ -175,3 +175,24 @@ def test_two_nodes_through_ck_run_one_rank_on_each(tmp_path, two_nodes):  # noqa
         log = job_log(tmp_path, "nodes2", run, state["job_id"])
         assert ranks_in(log) == [("0", "node1"), ("1", "node2")], log[-3000:]
         assert_each_row_once(metrics(tmp_path, "nodes2", run))
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_embedded_check_on_two_processes_passes(tmp_path):
+    """The embedded preset at its global batch (2 processes x 8 = 16): design, scaffold, run, summarize: PASS."""
+    env = ck_env(tmp_path)
+    exp = design_and_scaffold(tmp_path, env, "pass2", "--procs-per-node", "2", "--batch-size", "8")
+    run = subprocess.run([*CK, "run", str(exp), "--executor", "local", "--poll", "1"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summarize = subprocess.run([*CK, "summarize", str(exp)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                               timeout=300)
+    assert summarize.returncode == 0, summarize.stdout[-3000:] + summarize.stderr[-3000:]
+    summary = json.loads((exp / "summary.json").read_text())
+    assert {r["name"]: r["verdict"] for r in summary["runs"]} == {"parity_run": "PASS", "probabilistic_run": "PASS"}
+    for run_name, state in run_states(exp).items():
+        events = metrics(tmp_path, "pass2", run_name)
+        val_steps = [e["step"] for e in events if e["event"] == "val"]
+        assert val_steps == sorted(set(val_steps))  # each validation row once
+        assert [r for r, _ in ranks_in(job_log(tmp_path, "pass2", run_name, state["job_id"]))] == ["0", "1"]
