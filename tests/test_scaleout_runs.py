@@ -179,11 +179,12 @@ def test_two_nodes_through_ck_run_one_rank_on_each(tmp_path, two_nodes):  # noqa
 
 @pytest.mark.slow
 @pytest.mark.training
-def test_embedded_check_on_two_processes_passes(tmp_path):
+@pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def test_embedded_check_on_two_processes_passes(tmp_path, executor):
     """The embedded preset at its global batch (2 processes x 8 = 16): design, scaffold, run, summarize: PASS."""
     env = ck_env(tmp_path)
     exp = design_and_scaffold(tmp_path, env, "pass2", "--procs-per-node", "2", "--batch-size", "8")
-    run = subprocess.run([*CK, "run", str(exp), "--executor", "local", "--poll", "1"], env=env, cwd=tmp_path,
+    run = subprocess.run([*CK, "run", str(exp), "--executor", executor, "--poll", "1"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summarize = subprocess.run([*CK, "summarize", str(exp)], env=env, cwd=tmp_path, capture_output=True, text=True,
