@@ -22,7 +22,14 @@ from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_text, locked
 from cruijff_kit.inputs import parse_yaml, read_text
 from cruijff_kit.markdown_sections import get_section
-from cruijff_kit.run_config import SAFE_NAME_RE, expects, plan_model
+from cruijff_kit.run_config import (
+    SAFE_NAME_RE,
+    check_layout,
+    default_procs_per_node,
+    expects,
+    plan_model,
+    recipe_for_layout,
+)
 from cruijff_kit.run_config import FIELDS as RUN_CONFIG_FIELDS
 from cruijff_kit.settings import load_settings, normalize_wandb_project, slurm_time_seconds
 
@@ -136,7 +143,30 @@ Hyper = plan_model("Hyper", _HyperBase, {
     "seed": "default", "gradient_accumulation_steps": "default", "batch_size_val": "optional",
     "max_steps_per_epoch": "default",
 })
-Compute = plan_model("Compute", _Plan, {"gpus": "required", "time": "required", "mem": "required", "cpus": "default"})
+
+
+class _ComputeBase(_Plan):
+    @model_validator(mode="after")
+    def _layout_runs(self) -> "_ComputeBase":
+        # an explicit recipe that cannot train on the nodes x processes asked for is refused at design time
+        check_layout(self.custom_recipe, gpus=self.gpus, nodes=self.nodes, procs_per_node=self.procs_per_node,
+                     cuda=self.gpus > 0)
+        return self
+
+    @property
+    def processes(self) -> int:
+        return self.nodes * (default_procs_per_node(self.gpus) if self.procs_per_node is None else self.procs_per_node)
+
+    @property
+    def recipe(self) -> str:
+        """custom_recipe, or the one the layout picks (single-device for one process, distributed for more)."""
+        return self.custom_recipe or recipe_for_layout(self.nodes, self.processes // self.nodes)
+
+
+# procs_per_node null: one per GPU (1 on CPU); custom_recipe null: chosen from the layout
+Compute = plan_model("Compute", _ComputeBase, {"gpus": "required", "time": "required", "mem": "required",
+                                               "cpus": "default", "nodes": "default", "procs_per_node": "optional",
+                                               "custom_recipe": "optional"})
 
 
 class Expected(_Plan):
@@ -528,9 +558,10 @@ def render_summary(exp: Experiment) -> str:
         out.append(f"- **{run.name}** ({e.kind}): floor {e.floor_nats:.4f} nats{acc}. {e.note}".rstrip())
 
     out += ["", "## Resources", ""]
-    out.append(_table(["Run", "GPUs", "CPUs", "Time limit", "Memory"],
-                      [[r.name, r.compute.gpus, r.compute.cpus, r.compute.time, r.compute.mem] for r in exp.runs]))
-    gpu_hours = sum(r.compute.gpus * slurm_time_seconds(r.compute.time) for r in exp.runs) / 3600
+    out.append(_table(["Run", "Nodes", "GPUs per node", "Processes", "CPUs", "Time limit", "Memory"],
+                      [[r.name, r.compute.nodes, r.compute.gpus, r.compute.processes, r.compute.cpus, r.compute.time,
+                        r.compute.mem] for r in exp.runs]))
+    gpu_hours = sum(r.compute.nodes * r.compute.gpus * slurm_time_seconds(r.compute.time) for r in exp.runs) / 3600
     cpu_only = all(r.compute.gpus == 0 for r in exp.runs)
     out += ["", "At most {:.1f} GPU-hours if every run used its whole time limit.".format(gpu_hours)
             if not cpu_only else "CPU only: no GPU is requested.",

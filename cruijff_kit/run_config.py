@@ -38,6 +38,7 @@ from cruijff_kit.models.registry import MODELS, ModelSpec, resolve_model
 from cruijff_kit.settings import normalize_slurm_mem, normalize_slurm_time
 
 DEFAULT_RECIPE = "cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_single_device_val"
+DISTRIBUTED_RECIPE = "cruijff_kit.tools.torchtune.custom_recipes.lora_finetune_distributed_val"
 LR_SCHEDULERS = ("get_cosine_schedule_with_warmup",)  # the ones torchtune 0.6.1 ships
 EXPERIMENT_ROOTS = ("ck-sanity-checks", "ck-experiments")
 ORIGINAL_MAX_SEQ_LEN = 2048      # the original template's tokenizer.max_seq_len
@@ -367,13 +368,21 @@ class RunConfig(BaseModel):
                                    group=_C, example="/scratch/ck-outputs",
                                    derived="<scratch>/ck-outputs; scratch: the settings' or, when that is unset, the "
                                            "one the run directory sits in (<scratch>/ck-sanity-checks/<experiment>/<run>)")
-    custom_recipe: Line = key(DEFAULT_RECIPE, help="recipe run by `tune run`: a dotted module, a .py path or a "
-                              "torchtune recipe name", group=_C, example=DEFAULT_RECIPE)
     # -- SLURM and environment
     time: SlurmTime = key(help="#SBATCH --time", group=_S, example="01:00:00",
                           derived=f"settings slurm_time when set (`ck config set slurm_time ...`), else {ORIGINAL_TIME}")
-    gpus: Int = key(help="GPUs (#SBATCH --gres=gpu:N, omitted when 0; >1 runs `tune run --nproc_per_node`)", group=_S,
-                    example=1, ge=0, le=16, derived="1 if device is cuda, else 0")
+    gpus: Int = key(help="GPUs per node (#SBATCH --gres=gpu:N, omitted when 0); one training process per GPU",
+                    group=_S, example=1, ge=0, le=16, derived="1 if device is cuda, else 0")
+    nodes: Int = key(1, help="nodes (#SBATCH --nodes); > 1: srun starts one torchrun per node, joined by a c10d "
+                     "rendezvous on the first node", group=_S, example=1, ge=1, le=64)
+    procs_per_node: Int = key(help="training processes per node (torchrun --nproc_per_node); on CPU (gpus 0) it asks "
+                              "for several gloo processes without any GPU", group=_S, example=2, ge=1, le=64,
+                              derived="gpus when gpus > 0, else 1")
+    custom_recipe: Line = key(help="recipe run by `tune run`: a dotted module, a .py path or a torchtune recipe name",
+                              group=_C, example=DEFAULT_RECIPE,
+                              derived=f"{DEFAULT_RECIPE.rsplit('.', 1)[1]} for one process (nodes 1, procs_per_node 1), "
+                                      f"else {DISTRIBUTED_RECIPE.rsplit('.', 1)[1]} (cruijff_kit.tools.torchtune."
+                                      "custom_recipes)")
     cpus: Int = key(1, help="#SBATCH --cpus-per-task", group=_S, example=1, ge=1)
     mem: SlurmMem = key(help="#SBATCH --mem", group=_S, example="32G",
                         derived=f"settings slurm_mem when set (`ck config set slurm_mem ...`), else {ORIGINAL_MEM}")
@@ -397,9 +406,8 @@ class RunConfig(BaseModel):
         # CkError is not a ValueError: pydantic lets it through unchanged, naming the key
         if self.device == "cuda" and self.gpus == 0:
             raise CkError("gpus", 0, "device is cuda but no GPU is requested", "set gpus: 1, or device: cpu")
-        if self.gpus > 1 and "single_device" in self.custom_recipe:
-            raise CkError("gpus", self.gpus, f"recipe {self.custom_recipe} trains on one device",
-                          "set gpus: 1, or a distributed custom_recipe")
+        check_layout(self.custom_recipe, gpus=self.gpus, nodes=self.nodes, procs_per_node=self.procs_per_node,
+                     cuda=self.device == "cuda")
         if self.save_last_epoch_only and isinstance(self.epochs_to_save, list):
             raise CkError("epochs_to_save", self.epochs_to_save, "set together with save_last_epoch_only: true",
                           "keep one of them")
@@ -417,6 +425,42 @@ class RunConfig(BaseModel):
 
 
 FIELDS: dict[str, FieldInfo] = RunConfig.model_fields
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: nodes x processes per node, and the recipe that can train on it
+# ---------------------------------------------------------------------------------------------
+
+
+def default_procs_per_node(gpus: int) -> int:
+    return gpus if gpus > 0 else 1
+
+
+def recipe_for_layout(nodes: int, procs_per_node: int) -> str:
+    """Our single-device recipe for one process, our distributed one for more."""
+    return DEFAULT_RECIPE if nodes * procs_per_node == 1 else DISTRIBUTED_RECIPE
+
+
+def recipe_kind(recipe: str) -> str | None:
+    """'single' (one device only), 'distributed' (needs a torchrun launcher) or None (unknown: launched by layout)."""
+    name = Path(recipe).name if "/" in recipe else recipe.rsplit(".", 1)[-1]
+    if "single_device" in name:
+        return "single"
+    if "distributed" in name:
+        return "distributed"
+    return None
+
+
+def check_layout(recipe: str | None, *, gpus: int, nodes: int, procs_per_node: int | None, cuda: bool) -> None:
+    """CkError when the processes asked for cannot run: one process per GPU on CUDA, and a single-device
+    recipe only on one process. The plan's compute block (design time) and RunConfig (render time) call it."""
+    procs = default_procs_per_node(gpus) if procs_per_node is None else procs_per_node
+    if cuda and gpus > 0 and procs != gpus:
+        raise CkError("procs_per_node", procs, f"differs from gpus ({gpus}): training runs one process per GPU",
+                      f"set procs_per_node: {gpus}, or leave it out")
+    if recipe and nodes * procs > 1 and recipe_kind(recipe) == "single":
+        raise CkError("custom_recipe", recipe, f"trains on one device, but the run asks for {nodes} node(s) x "
+                      f"{procs} process(es)", f"use {DISTRIBUTED_RECIPE}, or leave custom_recipe out to have it chosen")
 PATH_KEYS = ("input_dir_base", "models_dir", "output_dir_base")
 
 
@@ -641,6 +685,8 @@ DERIVED: dict[str, Callable[[_Context], Any]] = {
     "output_dir_base": lambda c: _scratch(c) / "ck-outputs",
     "time": _explicit_setting("slurm_time", ORIGINAL_TIME),
     "gpus": lambda c: 1 if c.values["device"] == "cuda" else 0,
+    "procs_per_node": lambda c: default_procs_per_node(c.values["gpus"]),
+    "custom_recipe": lambda c: recipe_for_layout(c.values["nodes"], c.values["procs_per_node"]),
     "mem": _explicit_setting("slurm_mem", ORIGINAL_MEM),
     "account": lambda c: c.setting("slurm_account"),
     "partition": lambda c: c.setting("slurm_partition"),

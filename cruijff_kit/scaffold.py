@@ -31,7 +31,7 @@ from cruijff_kit.inputs import load_json
 from cruijff_kit.markdown_sections import set_section
 from cruijff_kit.models.registry import get_model, model_dir_for, resolve_model
 from cruijff_kit.settings import load_settings
-from cruijff_kit.tools.torchtune.setup_finetune import (DEFAULT_RECIPE, SETUP_FILE, RenderResult, render_run,
+from cruijff_kit.tools.torchtune.setup_finetune import (SETUP_FILE, RenderResult, render_run,
                                                        settings_environment)
 
 RUN_DIRS_HEADING = "Run directories"
@@ -136,9 +136,10 @@ def setup_for_run(exp: Experiment, run: RunPlan, settings: Any) -> dict[str, Any
         "run_val_every_n_steps": hyper.run_val_every_n_steps,
         "save_adapter_weights_only": True,
         "output_dir_base": str(output_root.parent if grouped else output_root),
-        "custom_recipe": DEFAULT_RECIPE,
+        "custom_recipe": compute.recipe,
         "time": compute.time,
         "gpus": compute.gpus,
+        "nodes": compute.nodes,
         "device": "cuda" if compute.gpus > 0 else "cpu",  # a model whose registry device is cuda, run on CPU
         "cpus": compute.cpus,
         "mem": compute.mem,
@@ -149,6 +150,8 @@ def setup_for_run(exp: Experiment, run: RunPlan, settings: Any) -> dict[str, Any
         "conda_env": conda_env,
         "modules": list(settings.modules),
     }
+    if compute.procs_per_node is not None:
+        setup["procs_per_node"] = compute.procs_per_node
     if hyper.batch_size_val is not None:
         setup["batch_size_val"] = hyper.batch_size_val
     return setup

@@ -264,7 +264,7 @@ def test_unknown_key_names_the_closest(tmp_path, settings, setup, field, hint):
     ({"dataset_label": None}, "dataset_label"),
     ({"epochs": 2, "epochs_to_save": "0,2"}, "epochs_to_save"),
     ({"gpus": 0, "device": "cuda"}, "gpus"),
-    ({"gpus": 2}, "gpus"),
+    ({"gpus": 2, "custom_recipe": run_config.DEFAULT_RECIPE}, "custom_recipe"),
     ({"account": "a\nb"}, "account"),
     ({"my_wandb_run_name": "x\ny"}, "my_wandb_run_name"),
     ({"partition": "gpu\\x"}, "partition"),

@@ -35,7 +35,14 @@ VARIABLE_FLAGS = [
     ("--train-on-input", "train_on_input", {"choices": ["true", "false"], "help": "learn from input tokens too (default true)"}),
     ("--system-prompt", "system_prompt", {"metavar": "TEXT"}),
     ("--seed", "seed", {"type": int, "metavar": "S", "help": "training seed"}),
-    ("--gpus", "gpus", {"type": int, "metavar": "G", "help": "GPUs per run (0 = CPU)"}),
+    ("--gpus", "gpus", {"type": int, "metavar": "G", "help": "GPUs per node (0 = CPU); > 1 trains with the distributed recipe"}),
+    ("--nodes", "nodes", {"type": int, "metavar": "M", "help": "nodes per run (default 1); > 1 trains with the "
+                                                               "distributed recipe, one torchrun per node"}),
+    ("--procs-per-node", "procs_per_node", {"type": int, "metavar": "P",
+                                            "help": "training processes per node (default: gpus, 1 on CPU); on CPU, "
+                                                    "several gloo processes without GPUs"}),
+    ("--custom-recipe", "custom_recipe", {"metavar": "RECIPE", "help": "recipe to train with (default: chosen "
+                                                                         "from the layout, single-device or distributed)"}),
     ("--time", "time", {"metavar": "HH:MM:SS", "help": "time limit per run"}),
     ("--mem", "mem", {"metavar": "SIZE", "help": "memory per run, e.g. 32G"}),
     ("--cpus", "cpus", {"type": int, "metavar": "C", "help": "CPUs per run"}),

@@ -209,8 +209,18 @@ def render_finetune_slurm(config: RunConfig, run_dir: Path) -> str:
     recipe_root, recipe = recipe_invocation(config.custom_recipe)
     return _jinja().get_template("finetune.slurm.j2").render(
         v=config, sbatch=sbatch, run_dir=str(run_dir), output_dir=str(out), recipe=recipe, recipe_root=recipe_root,
+        launch=launch(config),
         environment=environment_lines(config), command=COMMAND,
     )
+
+
+def launch(config: RunConfig) -> str:
+    """How finetune.slurm starts training: 'one_process' (`tune run RECIPE`), 'one_node' (torchrun through
+    `tune run --nproc_per_node N`, standalone) or 'nodes' (srun: one torchrun per node, c10d rendezvous)."""
+    if config.nodes > 1:
+        return "nodes"
+    distributed = run_config.recipe_kind(config.custom_recipe) == "distributed"
+    return "one_node" if distributed or config.procs_per_node > 1 else "one_process"
 
 
 def environment_lines(config: RunConfig) -> list[str]:

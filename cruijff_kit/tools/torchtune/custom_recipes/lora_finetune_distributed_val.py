@@ -23,8 +23,10 @@ per process: the global batch is batch_size x processes. What differs:
 
 from __future__ import annotations
 
+import socket
 import sys
 
+import torch.distributed as dist
 from omegaconf import DictConfig
 from torch.distributed import init_process_group
 from torchtune import config, training, utils
@@ -62,6 +64,9 @@ def recipe_main(cfg: DictConfig) -> None:
                       "run it with torchrun --nproc_per_node N -m ... (or tune run --nproc_per_node N ...)")
     set_cpu_threads(cfg)
     init_process_group(process_group_backend(cfg.device))
+    # one line per process, so a job's log shows where each rank ran
+    print(f"lora_finetune_distributed_val: rank {dist.get_rank()} of {dist.get_world_size()} on "
+          f"{socket.gethostname()}", flush=True)
     config.log_config(recipe_name="LoRAFinetuneRecipeDistributedVal", cfg=cfg)
     recipe = LoRAFinetuneRecipeDistributedVal(cfg=cfg)
     recipe.setup(cfg=cfg)
