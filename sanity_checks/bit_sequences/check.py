@@ -154,6 +154,9 @@ class BitSequences(Check):
         "p": "a probability between 0 and 1",
         "bit_parity": "true (parity labels) or false (Bernoulli labels)",
     }
+    sweep_variables = ("bit_length", "N", "val_size", "p", "noise", "data_seed")
+    convergence_axis = "bit_length"   # shorter strings: a simpler pattern, learned no slower
+    floor_axis = "p"                  # the Bernoulli floor H(p) across p
     add_run_help = (
         "add a run: NAME:parity|bernoulli:BIT_LENGTH:P[:N[:VAL_SIZE]]. parity labels = parity of the bits, "
         "flipped with probability P; bernoulli labels = 1 with probability P regardless of input. "
@@ -176,6 +179,16 @@ class BitSequences(Check):
         if args.get("bit_parity") is False and "p" in options:
             args["p"] = options["p"]
         return args
+
+    def sweep_run_name(self, base_run: str, args: BitSequenceArgs, swept: dict[str, Any], seed_index: int | None) -> str:
+        """`parity_L6_s2`, `bernoulli_L8_p03_s1`, `noisy_parity_L8_p01`: the kind of labels, then each swept value."""
+        kind = ("parity" if args.p == 0 else "noisy_parity") if args.bit_parity else "bernoulli"
+        short = {"bit_length": "L", "N": "N", "val_size": "V", "p": "p", "noise": "p", "data_seed": "d"}
+        parts = [kind] + [f"{short.get(k, k)}{v:g}".replace(".", "") if isinstance(v, float) else f"{short.get(k, k)}{v}"
+                          for k, v in swept.items()]
+        if seed_index is not None:
+            parts.append(f"s{seed_index}")
+        return "_".join(parts)
 
     def parse_add_run(self, spec: str) -> dict[str, Any]:
         """`NAME:parity|bernoulli:BIT_LENGTH:P[:N[:VAL_SIZE]]` -> {"name", bit_parity, bit_length, p, ...}."""
