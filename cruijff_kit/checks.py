@@ -78,6 +78,7 @@ class Check:
     convergence_axis: ClassVar[str | None] = None  # Args field: steps-to-target of learnable runs must not fall as it grows
     floor_axis: ClassVar[str | None] = None        # Args field along which the floor runs draw the floor curve
     convergence_tolerance: ClassVar[float] = 0.25  # relative drop in median steps-to-target still counted as "not faster"
+    sweep_overrides: ClassVar[dict[str, Any]] = {}  # `ck sanity-check NAME --sweep`: {"preset": ..., dest: [values], "seeds": K}
 
     add_run_help: ClassVar[str] = ""         # help of `--add-run SPEC`; empty: no --add-run
 

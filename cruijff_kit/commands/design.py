@@ -35,6 +35,8 @@ VARIABLE_FLAGS = [
     ("--train-on-input", "train_on_input", {"choices": ["true", "false"], "help": "learn from input tokens too (default true)"}),
     ("--system-prompt", "system_prompt", {"metavar": "TEXT"}),
     ("--seed", "seed", {"type": int, "metavar": "S", "help": "training seed"}),
+    ("--early-stop-after", "early_stop_after", {"type": int, "metavar": "K", "help": "learnable runs end once the "
+     "held-out target held for K validations in a row (floor runs train to the end)"}),
     ("--gpus", "gpus", {"type": int, "metavar": "G", "help": "GPUs per run (0 = CPU)"}),
     ("--time", "time", {"metavar": "HH:MM:SS", "help": "time limit per run"}),
     ("--mem", "mem", {"metavar": "SIZE", "help": "memory per run, e.g. 32G"}),

@@ -18,6 +18,7 @@ from cruijff_kit.checks import Check, Finding, Option, check_dataset_shape
 from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import LEARNABLE_TARGET_ACCURACY, Expected, binary_entropy_nats
 from sanity_checks.bit_sequences import presets
+from sanity_checks.bit_sequences.presets import SWEEP_OVERRIDES
 
 LABEL_KINDS = ("parity", "bernoulli")
 # The seed README's file names, kept when the seed preset is used unchanged.
@@ -157,6 +158,7 @@ class BitSequences(Check):
     sweep_variables = ("bit_length", "N", "val_size", "p", "noise", "data_seed")
     convergence_axis = "bit_length"   # shorter strings: a simpler pattern, learned no slower
     floor_axis = "p"                  # the Bernoulli floor H(p) across p
+    sweep_overrides = SWEEP_OVERRIDES
     add_run_help = (
         "add a run: NAME:parity|bernoulli:BIT_LENGTH:P[:N[:VAL_SIZE]]. parity labels = parity of the bits, "
         "flipped with probability P; bernoulli labels = 1 with probability P regardless of input. "
