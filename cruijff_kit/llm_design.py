@@ -179,7 +179,7 @@ def sweep_schema(check: SanityCheck) -> dict[str, Any]:
     return {
         "type": "object",
         "description": "A sweep: each preset run repeated for every combination of the listed values (the product) "
-                       "and for each of `seeds` training seeds; cruijff_kit names the runs (e.g. parity_L6_s2). Use it "
+                       "and for each of `seeds` training seeds; cruijff_kit names the runs after the values. Use it "
                        "instead of listing runs one by one whenever the request is a grid; `runs` may then be left "
                        "out, or add runs beyond the grid.",
         "properties": {"variables": {"type": "object", "properties": variables, "additionalProperties": False},

@@ -35,8 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scratch", metavar="DIR", default=None,
                         help="scratch root for ck-sanity-checks/ and ck-outputs/ (default: the scratch setting, ./ck-scratch)")
     parser.add_argument("--sweep", action="store_true",
-                        help="the check's sweep mode (Check.sweep_overrides): for bit-sequences, parity at three bit "
-                             "lengths x two seeds on the embedded model, judged by the convergence-speed check")
+                        help="the check's sweep mode (its sweep_overrides; for bit-sequences three bit lengths x two "
+                             "seeds on the embedded model), judged by the experiment-level verdicts too")
     parser.add_argument("--name", metavar="NAME", default=None,
                         help="experiment name, used as given (fails if it exists); default: a fresh dated name")
 
