@@ -20,7 +20,9 @@ The noise margin of an accuracy is 2 * sqrt(a (1 - a) / n) + 0.01 for the ideal 
 
 Checked first, for every run:
 
-1. No metrics.jsonl -> FAIL (the run never started, or wrote somewhere else).
+1. No metrics.jsonl -> FAIL (the run never started, or wrote somewhere else). In an experiment
+   (`summarize_experiment`), a run with no metrics.jsonl whose job never ran is NOT RUN (no job) or
+   PENDING (its job is queued or running) instead: listed, never judged, no plot.
 2. No `val` rows -> FAIL "validation was not wired" (run_val_every_n_steps 0, or no dataset_val).
 3. No `end` row -> FAIL (training crashed or was killed before its end).
 
@@ -42,6 +44,8 @@ runs without a check, get the generic rule of their `expected.kind`:
 
 A check may also compare its runs (`Check.compare`): its lines go into the verdict table and the
 Results section; they do not change any verdict.
+Experiment-level verdicts (convergence speed, floor curve, train/val tracking) judge the runs that
+trained to their end together: cruijff_kit/experiment_verdicts.py; overall PASS needs them all PASS.
 
 "Still falling": a robust (Theil-Sen: median pairwise slope) line through the validation answer
 losses of the second half of training (the evaluations at or after the midpoint step, at least the
