@@ -19,6 +19,7 @@ from cruijff_kit.errors import CkError
 
 if TYPE_CHECKING:
     from cruijff_kit.experiment import Expected, Hyper
+    from cruijff_kit.experiment_verdicts import ExperimentVerdict, RunFacts
     from cruijff_kit.summarize import Evidence, RunSummary
 
 ENTRY_POINT_GROUP = "cruijff_kit.checks"
@@ -61,6 +62,23 @@ class Check:
     def apply_options(self, run_name: str, args: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
         """One preset run's Args dict with the given (non-None) options applied."""
         return args | {k: v for k, v in options.items() if k in self.Args.model_fields}
+
+    # ---- sweeps: `ck design NAME --flag a,b,c --seeds K` makes the product of the values as runs
+    sweep_variables: ClassVar[tuple[str, ...]] = ()   # dests of options() that accept a comma-separated list
+
+    def sweep_run_name(self, base_run: str, args: BaseModel, swept: dict[str, Any], seed_index: int | None) -> str:
+        """A readable, stable name for one run of a sweep: the preset run it came from, each swept value
+        that applies to it (`swept`: dest -> value), and the seed's 1-based index when seeds are swept."""
+        parts = [base_run] + [f"{k}{v}" for k, v in swept.items()]
+        if seed_index is not None:
+            parts.append(f"s{seed_index}")
+        return "_".join(parts).replace(".", "")
+
+    # ---- experiment-level verdicts (cruijff_kit/experiment_verdicts.py)
+    convergence_axis: ClassVar[str | None] = None  # Args field: steps-to-target of learnable runs must not fall as it grows
+    floor_axis: ClassVar[str | None] = None        # Args field along which the floor runs draw the floor curve
+    convergence_tolerance: ClassVar[float] = 0.25  # relative drop in median steps-to-target still counted as "not faster"
+    sweep_overrides: ClassVar[dict[str, Any]] = {}  # `ck sanity-check NAME --sweep`: {"preset": ..., dest: [values], "seeds": K}
 
     add_run_help: ClassVar[str] = ""         # help of `--add-run SPEC`; empty: no --add-run
 
@@ -133,6 +151,11 @@ class Check:
 
     def compare(self, runs: list[tuple[BaseModel | None, "RunSummary"]]) -> list[str]:
         """Lines about the runs of this check taken together (Results section and verdict table)."""
+        return []
+
+    def experiment_checks(self, runs: list["RunFacts"]) -> list["ExperimentVerdict"]:
+        """Experiment-level verdicts of the check's own, beside the core's (convergence speed, floor curve,
+        train/val tracking; cruijff_kit/experiment_verdicts.py) over its runs that trained to their end."""
         return []
 
 

@@ -13,6 +13,7 @@ import difflib
 import shutil
 import sys
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +37,12 @@ from cruijff_kit.settings import Settings, load_settings
 
 HYPER_KEYS = tuple(Hyper.model_fields)
 COMPUTE_KEYS = tuple(Compute.model_fields)
-CORE_OVERRIDE_KEYS = HYPER_KEYS + COMPUTE_KEYS + ("model", "purpose")
+CORE_OVERRIDE_KEYS = HYPER_KEYS + COMPUTE_KEYS + ("model", "purpose", "seeds")
+
+# A sweep too large for its executor is warned about at design time (the numbers are rules of thumb).
+LOCAL_RUNS_PER_SLOT_WARN = 8      # local executor: more queued runs per slot than this is a long wait
+LOCAL_WALL_HOURS_WARN = 12.0      # ... or more hours of wall time if every run used its time limit
+SLURM_RUNS_WARN = 200             # many clusters cap the jobs a user may submit (QOS MaxSubmitJobs)
 
 # Rough on-disk sizes for the disk check when the model directory is not there yet.
 MODEL_BYTES = {"Llama-3.2-1B-Instruct": 2_500_000_000, "ck-tiny-llama": 10_000_000}
@@ -119,25 +125,29 @@ def build_plan(
     compute = _validated(Compute, compute_data, "compute")
     model = overrides.get("model", base["model"])
 
-    run_args: list[tuple[str, dict[str, Any]]] = []
-    for run_name, args in base["runs"].items():
-        run_args.append((run_name, check.apply_options(run_name, dict(args), options)))
+    run_args = sweep_runs(check, base["runs"], options, overrides.get("seeds"))
+    options = {k: v for k, v in options.items() if not isinstance(v, list)}
+    extra_args: list[tuple[str, dict[str, Any]]] = []
     for extra in extra_runs or []:
         if not isinstance(extra, dict) or not isinstance(extra.get("name"), str):
             raise CkError("extra run", extra, "needs a name and generator arguments",
                           f"e.g. {{'name': 'run_2', ...}} with fields of {check.Args.__name__}")
         given = {k: v for k, v in extra.items() if k != "name"}
         args = check.apply_options(extra["name"], check.run_defaults(preset, extra["name"], given), options) | given
-        run_args.append((extra["name"], args))
+        extra_args.append((extra["name"], args))
 
     runs = []
-    for i, (run_name, args) in enumerate(run_args):
+    for i, (run_name, args, seed_index) in enumerate(
+            [(n, a, s) for n, a, s in run_args] + [(n, a, None) for n, a in extra_args]):
         dataset, expected = planned_dataset(check, preset, run_name, args, f"runs[{i}] ({run_name}).dataset.generator")
+        run_hyper = hyper.model_dump()
+        if seed_index is not None:
+            run_hyper["seed"] = hyper.seed + seed_index - 1
         runs.append({
             "name": run_name,
             "dataset": dataset,
             "model": model,
-            "hyper": hyper.model_dump(),
+            "hyper": run_hyper,
             "compute": compute.model_dump(),
             "expected": expected,
         })
@@ -157,6 +167,90 @@ def build_plan(
         "wandb_project": settings.wandb_project,
         "runs": runs,
     }, where="design")
+
+
+# ---------------------------------------------------------------- sweeps
+
+
+def _sweep_values(check: SanityCheck, options: dict[str, Any]) -> dict[str, list]:
+    """The swept variables (dest -> distinct values, in the order given); a list for a variable the check
+    does not sweep is an error."""
+    flags = {dest: flag for flag, dest, _ in check.options()}
+    swept = {}
+    for dest, value in options.items():
+        if not isinstance(value, list):
+            continue
+        if dest not in check.sweep_variables:
+            sweepable = ", ".join(flags.get(d, d) for d in check.sweep_variables) or "none"
+            raise CkError(flags.get(dest, dest), ",".join(map(str, value)), "takes one value, not a list",
+                          f"give one value; variables that take a list: {sweepable}")
+        if not value:
+            raise CkError(flags.get(dest, dest), "", "empty list", "give at least one value")
+        swept[dest] = list(dict.fromkeys(value))
+    return swept
+
+
+def sweep_runs(check: SanityCheck, preset_runs: dict[str, dict], options: dict[str, Any],
+               seeds: int | None) -> list[tuple[str, dict[str, Any], int | None]]:
+    """(name, generator args, seed index or None) of every run: each preset run with the options applied;
+    when a variable has a list of values or `seeds` is given, the product of the values (and of seeds
+    1..K) for each preset run, counting only the variables that change that run's data."""
+    swept = _sweep_values(check, options)
+    fixed = {k: v for k, v in options.items() if k not in swept}
+    if not swept and seeds is None:
+        return [(name, check.apply_options(name, dict(args), fixed), None) for name, args in preset_runs.items()]
+    if seeds is not None and seeds < 1:
+        raise CkError("--seeds", seeds, "must be at least 1", "give the number of training seeds, e.g. --seeds 3")
+    seed_indices = list(range(1, seeds + 1)) if seeds is not None else [None]
+    out: list[tuple[str, dict[str, Any], int | None]] = []
+    for base_name, base_args in preset_runs.items():
+        applies = [dest for dest, values in swept.items()
+                   if len({repr(check.apply_options(base_name, dict(base_args), fixed | {dest: v})) for v in values}) > 1]
+        grids = [[(dest, v) for v in swept[dest]] for dest in applies]
+        for combo in product(*grids):
+            args = check.apply_options(base_name, dict(base_args), fixed | dict(combo))
+            for seed_index in seed_indices:
+                name = check.sweep_run_name(base_name, check.Args(**args), dict(combo), seed_index)
+                out.append((name, args, seed_index))
+    return out
+
+
+def plan_size_text(exp: Experiment, settings: Settings) -> tuple[str, str | None]:
+    """One line with the run count and the compute estimate, and a warning when the run set is too large
+    for the executor that `ck run` would use (None when it is not)."""
+    from cruijff_kit.settings import slurm_time_seconds
+
+    runs = exp.runs
+    steps = 0
+    for run in runs:
+        args = run.dataset.args()
+        rows = getattr(args, "N", None)
+        val = getattr(args, "val_size", 0) or 0
+        if rows is not None:
+            per_epoch = -(-(rows - val) // max(run.hyper.batch_size, 1))
+            steps += per_epoch * run.hyper.epochs
+    limit_hours = sum(slurm_time_seconds(r.compute.time) for r in runs) / 3600
+    gpu_hours = sum(r.compute.gpus * slurm_time_seconds(r.compute.time) for r in runs) / 3600
+    executor = settings.executor
+    text = (f"{len(runs)} run{'s' if len(runs) != 1 else ''}"
+            + (f", about {steps} optimizer steps in all" if steps else "")
+            + f"; at most {limit_hours:.1f} h of run time if every run used its time limit"
+            + (f" ({gpu_hours:.1f} GPU-hours)" if gpu_hours else " (CPU only)"))
+    warning = None
+    if executor == "local":
+        slots = settings.max_local_jobs
+        wall = limit_hours / slots
+        text += f"; executor local, {slots} at once: at most {wall:.1f} h wall"
+        if len(runs) > LOCAL_RUNS_PER_SLOT_WARN * slots or wall > LOCAL_WALL_HOURS_WARN:
+            warning = (f"{len(runs)} runs on the local executor ({slots} at once, at most {wall:.1f} h wall) is a "
+                       f"long queue (warned above {LOCAL_RUNS_PER_SLOT_WARN * slots} runs or {LOCAL_WALL_HOURS_WARN:g} h); "
+                       "fewer values or seeds, `ck config set max_local_jobs N`, or `ck config set executor slurm`")
+    else:
+        text += "; executor slurm: one job per run"
+        if len(runs) > SLURM_RUNS_WARN:
+            warning = (f"{len(runs)} SLURM jobs at once: many clusters cap a user's submitted jobs (QOS MaxSubmitJobs, "
+                       f"warned above {SLURM_RUNS_WARN}); check `sacctmgr show qos`, or sweep fewer values or seeds")
+    return text, warning
 
 
 # ---------------------------------------------------------------- verification
@@ -310,6 +404,7 @@ def write_experiment(
     force: bool = False,
     confirm: Callable[[Experiment, list[Check]], bool] | None = None,
     explanation: str = "",
+    settings: Settings | None = None,
 ) -> Path:
     """Verify, log and write one plan. Returns the experiment directory.
 
@@ -334,6 +429,9 @@ def write_experiment(
     for c in checks:
         if c.warning:
             print(f"warning: {c.action} {c.description}: {c.result}. {c.explanation}", file=sys.stderr)
+    size, too_large = plan_size_text(exp, settings or load_settings())
+    if too_large:
+        print(f"warning: DESIGN_PLAN run set: {too_large}", file=sys.stderr)
     if confirm is not None and not confirm(exp, checks):
         raise CkError("confirmation", "no", "the plan was not written", "re-run with other flags, or --yes")
 
@@ -343,7 +441,8 @@ def write_experiment(
         exp_dir, "design", "DESIGN_PLAN",
         f"{exp.kind} {exp.name}: {len(exp.runs)} runs ({', '.join(r.name for r in exp.runs)})",
         command=log_command,
-        result=f"models {', '.join(sorted({r.model for r in exp.runs}))}; W&B project {exp.wandb_project}",
+        result=f"models {', '.join(sorted({r.model for r in exp.runs}))}; W&B project {exp.wandb_project}; {size}"
+               + (f"; WARNING: {too_large}" if too_large else ""),
         explanation=explanation or exp.purpose,
     )
     for c in checks:
@@ -361,6 +460,7 @@ def write_experiment(
 def print_plan(exp: Experiment, checks: list[Check], out=None) -> None:
     """The runs table and one line per check: what a confirmation prompt shows."""
     print(runs_table(exp), file=out)
+    print(plan_size_text(exp, load_settings())[0], file=out)
     for c in checks:
         print(f"  {c.action:<15} {c.description}: {c.result}", file=out)
 
@@ -398,5 +498,5 @@ def design_check(
     exp = build_plan(check, preset, settings=settings, name=name, extra_runs=extra_runs, overrides=overrides)
     ask = interactive and not yes and sys.stdin.isatty()
     command = command_line or f"ck design {check.name} --preset {preset}" + (f" --name {name}" if name else "")
-    return write_experiment(exp, command, force=force, confirm=_ask_on_tty if ask else None,
+    return write_experiment(exp, command, force=force, confirm=_ask_on_tty if ask else None, settings=settings,
                             explanation=f"preset {preset}; overrides {overrides or {}}; extra runs {extra_runs or []}")

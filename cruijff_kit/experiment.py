@@ -141,7 +141,7 @@ Hyper = plan_model("Hyper", _HyperBase, {
     "num_warmup_steps": "required", "lr_scheduler": "default", "log_every_n_steps": "required",
     "run_val_every_n_steps": "required", "train_on_input": "required", "system_prompt": "default",
     "seed": "default", "gradient_accumulation_steps": "default", "batch_size_val": "optional",
-    "max_steps_per_epoch": "default",
+    "max_steps_per_epoch": "default", "early_stop_after": "optional",
 })
 
 
@@ -540,6 +540,10 @@ def render_summary(exp: Experiment) -> str:
         out.append("One run: nothing varies.")
     elif varying:
         out.append("**Variables** (differ across runs):")
+        out.append("")
+        for k in varying:
+            values = sorted({f.get(k) for f in facts}, key=lambda v: (v is None, str(type(v)), v if v is not None else 0))
+            out.append(f"- `{k}`: {', '.join(str(v) for v in values)} ({len(values)} values)")
         out.append("")
         out.append(_table(["Run"] + varying, [[r.name] + [f.get(k) for k in varying] for r, f in zip(exp.runs, facts)]))
     out += ["", "**Controls** (the same in every run): " + "; ".join(

@@ -160,10 +160,57 @@ def proposal_schema(check: SanityCheck | None = None, preset: str | None = None)
             break
         used |= more
     schema["$defs"] = {name: d for name, d in defs.items() if name in used}
+    if check.sweep_variables:
+        schema["properties"]["sweep"] = sweep_schema(check)
+        schema["required"] = [k for k in schema.get("required", []) if k != "runs"]
     schema["title"] = "ExperimentProposal"
     schema["description"] = (f"The runs of a {check.name} fine-tuning experiment and its purpose. Directories, "
                              "dates, dataset file names and expected results are filled in by cruijff_kit.")
     return schema
+
+
+def sweep_schema(check: SanityCheck) -> dict[str, Any]:
+    """A grid in a few tokens: variables with lists of values (and seeds) instead of one run per combination."""
+    fields = check.Args.model_fields
+    variables = {dest: {"type": "array", "minItems": 1,
+                        "items": {"type": "number"} if dest not in fields or fields[dest].annotation in (int, float)
+                        else {}}
+                 for dest in check.sweep_variables}
+    return {
+        "type": "object",
+        "description": "A sweep: each preset run repeated for every combination of the listed values (the product) "
+                       "and for each of `seeds` training seeds; cruijff_kit names the runs after the values. Use it "
+                       "instead of listing runs one by one whenever the request is a grid; `runs` may then be left "
+                       "out, or add runs beyond the grid.",
+        "properties": {"variables": {"type": "object", "properties": variables, "additionalProperties": False},
+                       "seeds": {"type": "integer", "minimum": 1}},
+        "additionalProperties": False,
+    }
+
+
+def _sweep_proposal_runs(sweep: Any, skeleton: Experiment, preset: str, check: SanityCheck) -> tuple[list, list[str]]:
+    """The runs of a proposal's `sweep` (as proposal runs), or the problems with it."""
+    from cruijff_kit.design import sweep_runs
+
+    if not isinstance(sweep, dict) or set(sweep) - {"variables", "seeds"}:
+        return [], ["sweep: must be an object with `variables` (name -> list of values) and optional `seeds`"]
+    variables, seeds = sweep.get("variables") or {}, sweep.get("seeds")
+    problems = [f"sweep.variables.{k}: not a sweep variable (use one of {', '.join(check.sweep_variables)})"
+                for k in variables if k not in check.sweep_variables]
+    problems += [f"sweep.variables.{k}: must be a non-empty list (got {json.dumps(v, default=str)[:40]})"
+                 for k, v in variables.items() if not isinstance(v, list) or not v]
+    if seeds is not None and (not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1):
+        problems.append(f"sweep.seeds: must be a whole number >= 1 (got {seeds!r})")
+    if problems:
+        return [], problems
+    try:
+        made = sweep_runs(check, check.presets[preset]["runs"], {k: list(v) for k, v in variables.items()}, seeds)
+    except CkError as err:
+        return [], [f"sweep: {err}"]
+    base_seed = skeleton.runs[0].hyper.seed
+    return [{"name": name, "dataset": {"generator": args}}
+            | ({"hyper": {"seed": base_seed + index - 1}} if index is not None else {})
+            for name, args, index in made], []
 
 
 def tool_definition(check: SanityCheck | None = None, preset: str | None = None) -> dict[str, Any]:
@@ -222,6 +269,14 @@ def plan_from_proposal(proposal: Any, skeleton: Experiment, preset: str, check: 
         raise ProposalInvalid([f"(plan): must be an object with purpose and runs (got {type(proposal).__name__})"])
     problems = [f"{key}: set by cruijff_kit, leave it out" for key in TOOLKIT_FIELDS["Experiment"] if key in proposal]
     base_run = skeleton.runs[0]
+    proposal = dict(proposal)
+    if "sweep" in proposal:
+        swept, sweep_problems = _sweep_proposal_runs(proposal.pop("sweep"), skeleton, preset, check)
+        problems += sweep_problems
+        given = proposal.get("runs", [])
+        proposal["runs"] = swept + (given if isinstance(given, list) else [])
+    elif "runs" not in proposal:
+        problems.append("runs: missing; list the runs, or give a sweep")
     runs = proposal.get("runs")
     built_runs: Any = runs
     if isinstance(runs, list):

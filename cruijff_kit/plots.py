@@ -109,3 +109,74 @@ def plot_comparison(path: str | os.PathLike,
             ax.legend(fontsize=8)
     fig.suptitle("all runs (dashed: floor / target accuracy)")
     return _save(fig, path)
+
+
+# ---- sweep figures (experiment-level verdicts)
+
+
+def plot_steps_to_target(path: str | os.PathLike, points: Sequence[tuple[float, int | None, str]], axis: str) -> Path:
+    """One point per run (seed) at its axis value, the median line across values; "not reached" drawn as
+    crosses on a dashed line above the highest step."""
+    import statistics
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    reached = [(x, s) for x, s, _ in points if s is not None]
+    ceiling = max((s for _, s in reached), default=1) * 1.15 + 1
+    if reached:
+        ax.scatter(*zip(*reached), color="tab:blue", alpha=0.7, label="a run (seed)")
+    missed = [x for x, s, _ in points if s is None]
+    if missed:
+        ax.scatter(missed, [ceiling] * len(missed), marker="x", color="tab:red", label="target not reached")
+        ax.axhline(ceiling, color="tab:red", linestyle="--", linewidth=1)
+    xs = sorted({x for x, _, _ in points})
+    medians = [statistics.median([ceiling if s is None else s for x2, s, _ in points if x2 == x]) for x in xs]
+    ax.plot(xs, medians, color="black", marker="s", label="median")
+    ax.set_xlabel(axis)
+    ax.set_ylabel("steps to target (first validation at target)")
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"convergence speed across {axis}")
+    return _save(fig, path)
+
+
+def plot_floor_curve(path: str | os.PathLike, points: Sequence[tuple[float, float | None, str]], axis: str) -> Path:
+    """Final validation answer loss of each floor run against its axis value, with the analytic H(p) dashed."""
+    from cruijff_kit.experiment import binary_entropy_nats
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    grid = [i / 200 for i in range(1, 200)]
+    ax.plot(grid, [binary_entropy_nats(p) for p in grid], color="black", linestyle="--", linewidth=1,
+            label=f"H({axis}) (floor)")
+    got = [(x, y) for x, y, _ in points if y is not None]
+    if got:
+        ax.scatter(*zip(*got), color="tab:orange", zorder=3, label="final validation answer loss")
+    ax.set_xlabel(axis)
+    ax.set_ylabel("answer-token loss (nats)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"loss floor across {axis}")
+    return _save(fig, path)
+
+
+def plot_all_validation(path: str | os.PathLike, runs: Sequence[tuple[str, Sequence[dict], float | None]]) -> Path:
+    """Every run's validation answer loss on shared axes; each floor dashed in its run's colour."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, metrics, floor) in enumerate(runs):
+        colour = colours[i % len(colours)]
+        val = val_series(metrics, "val_answer_loss")
+        if val:
+            ax.plot(*_xy(val), color=colour, marker=".", linewidth=1, label=name)
+        if floor is not None:
+            ax.axhline(floor, color=colour, linestyle="--", linewidth=0.8)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("validation answer loss (nats)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=2)
+    ax.set_title("all runs' validation curves (dashed: floors)")
+    return _save(fig, path)

@@ -342,6 +342,12 @@ class RunConfig(BaseModel):
     run_val_every_n_steps: Int = key(0, help="validate every N optimizer steps on the file's 'validation' split, and "
                                      "at the end; 0 = no validation (then the summary has no validation numbers to "
                                      "judge)", group=_T, example=50, ge=0)
+    early_stop_after: OptionalInt = key(None, help="end training once validation answer accuracy has been >= "
+                                        "early_stop_accuracy for this many consecutive validations (saves, then an "
+                                        "`end` row with `stopped_early`); null = train to the end", group=_T,
+                                        example=2, ge=1)
+    early_stop_accuracy: Float = key(0.99, help="the held-out target early_stop_after waits for", group=_T,
+                                     example=0.99, ge=0.0, le=1.0)
     batch_size_val: Int = key(64, help="validation examples per batch", group=_T, example=64, ge=1)
     max_val_batches: OptionalInt = key(None, help="validate on at most this many batches (null = the whole split)",
                                        group=_T, example=10, ge=1)

@@ -85,6 +85,7 @@ def run_sanity_check(
     live: bool | None = None,
     out: TextIO | None = None,
     run_experiment: Callable[..., dict] | None = None,
+    sweep: bool = False,
 ) -> int:
     """Run the whole check; returns the exit status (0 only when every verdict is PASS).
 
@@ -103,6 +104,13 @@ def run_sanity_check(
     elif scratch is not None:
         raise CkError("scratch", str(scratch), "given together with settings", "put scratch in the settings")
     executor = executor or settings.executor
+    overrides = None
+    if sweep:
+        if not check.sweep_overrides:
+            raise CkError("--sweep", check.name, "this check has no sweep mode", "leave --sweep out")
+        overrides = dict(check.sweep_overrides)
+        preset = preset or overrides.pop("preset", None)
+        overrides.pop("preset", None)
     preset = preset or choose_preset(check, settings, executor)
     if preset not in check.presets:
         raise CkError("--preset", preset, "unknown preset", f"use one of {', '.join(check.presets)}")
@@ -122,8 +130,10 @@ def run_sanity_check(
           f"scratch {settings.scratch}", file=out, flush=True)
 
     progress.begin(1, f"design {exp_name}" + ("" if name_given else " (fresh name)"))
-    command = f"ck sanity-check {check.name} --preset {preset} --executor {executor}" + (f" --name {exp_name}" if name_given else "")
-    exp_dir = design_check(check, preset, settings=settings, name=exp_name, yes=True, command_line=command)
+    command = (f"ck sanity-check {check.name} --preset {preset} --executor {executor}" + (" --sweep" if sweep else "")
+               + (f" --name {exp_name}" if name_given else ""))
+    exp_dir = design_check(check, preset, settings=settings, name=exp_name, yes=True, command_line=command,
+                           overrides=overrides)
     progress.done(1, f"designed {exp_dir}")
 
     progress.begin(2, "scaffold run directories, datasets and model")

@@ -152,6 +152,9 @@ def setup_for_run(exp: Experiment, run: RunPlan, settings: Any) -> dict[str, Any
     }
     if compute.procs_per_node is not None:
         setup["procs_per_node"] = compute.procs_per_node
+    if hyper.early_stop_after is not None and run.expected.kind == "learnable":  # floor runs train to the end
+        setup["early_stop_after"] = hyper.early_stop_after
+        setup["early_stop_accuracy"] = run.expected.target_accuracy or 0.99
     if hyper.batch_size_val is not None:
         setup["batch_size_val"] = hyper.batch_size_val
     return setup

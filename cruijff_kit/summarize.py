@@ -20,7 +20,9 @@ The noise margin of an accuracy is 2 * sqrt(a (1 - a) / n) + 0.01 for the ideal 
 
 Checked first, for every run:
 
-1. No metrics.jsonl -> FAIL (the run never started, or wrote somewhere else).
+1. No metrics.jsonl -> FAIL (the run never started, or wrote somewhere else). In an experiment
+   (`summarize_experiment`), a run with no metrics.jsonl whose job never ran is NOT RUN (no job) or
+   PENDING (its job is queued or running) instead: listed, never judged, no plot.
 2. No `val` rows -> FAIL "validation was not wired" (run_val_every_n_steps 0, or no dataset_val).
 3. No `end` row -> FAIL (training crashed or was killed before its end).
 
@@ -42,6 +44,8 @@ runs without a check, get the generic rule of their `expected.kind`:
 
 A check may also compare its runs (`Check.compare`): its lines go into the verdict table and the
 Results section; they do not change any verdict.
+Experiment-level verdicts (convergence speed, floor curve, train/val tracking) judge the runs that
+trained to their end together: cruijff_kit/experiment_verdicts.py; overall PASS needs them all PASS.
 
 "Still falling": a robust (Theil-Sen: median pairwise slope) line through the validation answer
 losses of the second half of training (the evaluations at or after the midpoint step, at least the
@@ -74,6 +78,7 @@ from cruijff_kit.fsutil import atomic_write_json
 from cruijff_kit.markdown_sections import set_section
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+NOT_RUN, PENDING = "NOT RUN", "PENDING"  # a run with no metrics that never ran / whose job waits: never FAIL
 EPS_NATS = 0.01
 EXTRA_ABOVE_NATS = 0.02
 EPS_ACC = 0.01
@@ -160,6 +165,8 @@ class ExperimentSummary:
     comparison_plot: str | None = None
     summary_json: str | None = None
     comparisons: list[str] = field(default_factory=list)  # the checks' cross-run lines
+    experiment_verdicts: list = field(default_factory=list)  # experiment_verdicts.ExperimentVerdict
+    sweep_plots: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> int:
@@ -167,7 +174,8 @@ class ExperimentSummary:
 
     @property
     def all_pass(self) -> bool:
-        return bool(self.runs) and self.passed == len(self.runs)
+        return (bool(self.runs) and self.passed == len(self.runs)
+                and all(v.verdict == PASS for v in self.experiment_verdicts))
 
     @property
     def exit_code(self) -> int:
@@ -180,6 +188,8 @@ class ExperimentSummary:
             "all_pass": self.all_pass,
             "comparison_plot": self.comparison_plot,
             "comparisons": self.comparisons,
+            "experiment_verdicts": [v.to_dict() for v in self.experiment_verdicts],
+            "sweep_plots": self.sweep_plots,
             "runs": [r.to_dict() for r in self.runs],
         }
 
@@ -617,17 +627,81 @@ def summarize_experiment(exp_dir: str | os.PathLike, *, write: bool = True, plot
         summary = judge_run(run.name, metrics, read_jsonl(predictions_path), datasets[data_path], expectation_for(run))
         summary.metrics_path, summary.predictions_path = str(metrics_path), str(predictions_path)
         _annotate_job(summary, exp_path, run.name, job_states.get(run.name))
+        _mark_not_run(summary, metrics, job_states.get(run.name))
         runs.append(summary)
         curves.append((summary, metrics or []))
 
     result = ExperimentSummary(name=exp.name, experiment_dir=str(exp_path), runs=runs,
                                comparisons=_compare(exp, runs))
-    if write:
+    result.experiment_verdicts = _experiment_verdicts(exp, curves)
+    ran = [(s, m) for s, m in curves if s.verdict not in (NOT_RUN, PENDING)]
+    if write and ran:  # nothing ran yet: no Results section, no plots
         if plots:
-            _draw_plots(exp_path, result, curves)
+            _draw_plots(exp_path, result, ran)
+            _draw_sweep_plots(exp_path, result, exp, ran)
         result.summary_json = str(atomic_write_json(exp_path / SUMMARY_JSON, result.to_dict()))
         set_section(exp_path / SUMMARY_NAME, RESULTS_HEADING, results_markdown(result))
     return result
+
+
+def _mark_not_run(summary: RunSummary, metrics: list[dict] | None, job) -> None:
+    """No metrics.jsonl and no job that ended: the run has not run yet (NOT RUN, or PENDING while its job waits)."""
+    if metrics is not None:
+        return
+    if job is None or not job.job_id:
+        if job is not None and job.state == "SUBMIT_FAILED":
+            return
+        summary.verdict, summary.reason = NOT_RUN, "not run yet (no metrics.jsonl, no job): `ck run` launches it"
+        return
+    from cruijff_kit.executors import is_terminal
+
+    if not is_terminal(job.state):
+        summary.verdict, summary.reason = PENDING, f"job {job.job_id} is still {job.state}: summarize again when it has ended"
+
+
+def _finished_facts(exp: Experiment, curves) -> dict[str, tuple[Any, list]]:
+    """{check name: (check, [RunFacts])} for the runs that trained to their `end` row."""
+    from cruijff_kit.experiment_verdicts import RunFacts
+
+    out: dict[str, tuple[Any, list]] = {}
+    for run, (summary, metrics) in zip(exp.runs, curves):
+        if summary.verdict in (NOT_RUN, PENDING) or not any(r.get("event") == "end" for r in metrics):
+            continue
+        check = run.dataset.check_obj()
+        facts = RunFacts(run.name, run.expected.kind, run.dataset.args(), summary, metrics,
+                         getattr(run.hyper, "run_val_every_n_steps", None))
+        out.setdefault(check.name if check else "", (check, []))[1].append(facts)
+    return out
+
+
+def _experiment_verdicts(exp: Experiment, curves) -> list:
+    from cruijff_kit.experiment_verdicts import experiment_verdicts
+
+    return [v for check, facts in _finished_facts(exp, curves).values() for v in experiment_verdicts(check, facts)]
+
+
+def _draw_sweep_plots(exp_path: Path, result: ExperimentSummary, exp: Experiment, curves) -> None:
+    """Steps-to-target vs the convergence axis, final loss vs the floor axis, every validation curve."""
+    from cruijff_kit import plots
+
+    by_name = {s.name: (s, m) for s, m in curves}
+    for v in result.experiment_verdicts:
+        if v.check == "convergence speed":
+            run_args = {r.name: r.dataset.args() for r in exp.runs}
+            axis = v.detail["axis"]
+            points = [(float(getattr(run_args[n], axis)), steps, n) for n, steps in v.detail["steps"].items()]
+            path = plots.plot_steps_to_target(exp_path / PLOTS_DIR / "steps_to_target.png", points, axis)
+            result.sweep_plots.append(f"{PLOTS_DIR}/{path.name}")
+        if v.check == "floor curve":
+            run_args = {r.name: r.dataset.args() for r in exp.runs}
+            axis = v.detail["axis"]
+            points = [(float(getattr(run_args[n], axis)), loss, n) for n, loss in v.detail["final_loss"].items()]
+            path = plots.plot_floor_curve(exp_path / PLOTS_DIR / "floor_curve.png", points, axis)
+            result.sweep_plots.append(f"{PLOTS_DIR}/{path.name}")
+    if len(by_name) > 2:
+        path = plots.plot_all_validation(exp_path / PLOTS_DIR / "validation_curves.png",
+                                         [(s.name, m, s.floor_nats) for s, m in by_name.values()])
+        result.sweep_plots.append(f"{PLOTS_DIR}/{path.name}")
 
 
 def _compare(exp: Experiment, runs: list[RunSummary]) -> list[str]:
@@ -717,21 +791,41 @@ def results_markdown(result: ExperimentSummary) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result.runs:
+        if r.verdict in (NOT_RUN, PENDING):
+            continue
         lines.append(
             f"| {r.name} | **{r.verdict}** | {_fmt(r.final_val_answer_loss)} | {_fmt(r.best_val_answer_loss)} | "
             f"{_fmt(r.floor_nats)} | {_fmt(r.final_val_answer_acc, 3)} | {_fmt(r.best_val_answer_acc, 3)} | "
             f"{_fmt(r.target_accuracy, 3)} | {_md_cell(r.reason)} |")
     if result.comparisons:
         lines += ["", "Across runs:", ""] + [f"- {_md_cell(c)}" for c in result.comparisons]
+    waiting = [f"{r.name} ({r.verdict})" for r in result.runs if r.verdict in (NOT_RUN, PENDING)]
+    if waiting:
+        lines += ["", f"Not judged yet ({len(waiting)}; summarize again when they have run): {', '.join(waiting)}"]
+    lines += _experiment_verdicts_markdown(result)
     for r in result.runs:
         if r.warnings:
             lines += ["", f"Warnings for {r.name}:", ""] + [f"- {_md_cell(w)}" for w in r.warnings]
     plots_lines = [f"![{r.name}]({r.plot})" for r in result.runs if r.plot]
     if result.comparison_plot:
         plots_lines.append(f"![all runs]({result.comparison_plot})")
+    plots_lines += [f"![{Path(p).stem}]({p})" for p in result.sweep_plots]
     if plots_lines:
         lines += ["", "Plots (dashed: floor / target accuracy):", ""] + plots_lines
     return "\n".join(lines)
+
+
+def _experiment_verdicts_markdown(result: ExperimentSummary) -> list[str]:
+    if not result.experiment_verdicts:
+        return []
+    lines = ["", "Experiment-level verdicts (runs that trained to their end; rules: cruijff_kit/experiment_verdicts.py):", "",
+             "| check | verdict | reason |", "|---|---|---|"]
+    lines += [f"| {v.check} | **{v.verdict}** | {_md_cell(v.reason)} |" for v in result.experiment_verdicts]
+    steps = next((v.detail["steps"] for v in result.experiment_verdicts if v.check == "convergence speed"), None)
+    if steps:
+        lines += ["", "Steps to target: " + ", ".join(
+            f"{name} {'not reached' if s is None else s}" for name, s in steps.items())]
+    return lines
 
 
 def verdict_table(result: ExperimentSummary) -> str:
@@ -750,6 +844,10 @@ def verdict_table(result: ExperimentSummary) -> str:
             out.append(f"  warning [{r.name}]: {w}")
     for line in result.comparisons:
         out.append(f"  across runs: {line}")
+    for v in result.experiment_verdicts:
+        out.append(f"experiment: {v.check}: {v.verdict}: {v.reason}")
     overall = "PASS" if result.all_pass else "NOT PASS"
-    out.append(f"overall: {overall} ({result.passed}/{len(result.runs)} runs PASS)")
+    waiting = sum(r.verdict in (NOT_RUN, PENDING) for r in result.runs)
+    out.append(f"overall: {overall} ({result.passed}/{len(result.runs)} runs PASS"
+               + (f", {waiting} not run yet" if waiting else "") + ")")
     return "\n".join(out)

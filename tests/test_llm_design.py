@@ -24,6 +24,7 @@ from cruijff_kit.experiment import Experiment  # noqa: E402
 from cruijff_kit.llm_design import (  # noqa: E402
     TOOL_NAME,
     LlmOptions,
+    ProposalInvalid,
     add_describe_arguments,
     design_from_description,
     plan_from_proposal,
@@ -133,8 +134,9 @@ def test_valid_plan_is_written_like_the_flag_built_plan(api, tmp_path, capsys):
 
 def test_schema_is_generated_from_the_plan_model():
     schema, plan = proposal_schema(), Experiment.model_json_schema()
-    assert set(schema["properties"]) == {"purpose", "runs"} <= set(plan["properties"])
-    assert schema["required"] == ["purpose", "runs"]
+    assert set(schema["properties"]) - {"sweep"} == {"purpose", "runs"} <= set(plan["properties"])
+    assert schema["required"] == ["purpose"]  # runs, or a sweep, or both
+    assert set(schema["properties"]["sweep"]["properties"]["variables"]["properties"]) == set(CHECK_SWEEP)
     generator = schema["$defs"]["BitSequenceArgs"]
     assert generator["properties"] == BitSequenceArgs.model_json_schema()["properties"]
     assert set(generator["required"]) == {"bit_parity", "p"}
@@ -321,3 +323,25 @@ def test_llm_options_from_settings(tmp_path):
     assert LlmOptions.from_settings(custom) == LlmOptions("claude-opus-4-1", 8192, 30.0, 0, 5)
     with pytest.raises(CkError, match="llm_max_rounds"):
         LlmOptions.from_settings(argparse.Namespace(llm_max_rounds=0))
+
+
+CHECK_SWEEP = ("bit_length", "N", "val_size", "p", "noise", "data_seed")
+
+
+def test_a_sweep_proposal_is_the_flag_built_sweep(api, tmp_path):
+    """`--describe` carries a grid as variables with lists (a few tokens), expanded like the flags expand it."""
+    api.script(plan_reply({"purpose": PURPOSE, "sweep": {"variables": {"bit_length": [6, 8], "p": [0.1, 0.3]},
+                                                          "seeds": 2}}))
+    llm_dir = design_from_description("parity and Bernoulli at bit lengths 6 and 8, p 0.1 and 0.3, two seeds",
+                                      settings=load_settings(), name="grid", options=FAST, yes=True)
+    flag = build_plan("bit_sequences", "embedded", settings=load_settings(), name="grid",
+                      overrides={"bit_length": [6, 8], "p": [0.1, 0.3], "seeds": 2, "purpose": PURPOSE})
+    assert Experiment.load(llm_dir) == flag
+    assert len(flag.runs) == 2 * 2 + 2 * 2 * 2 and "parity_L8_s2" in [r.name for r in flag.runs]
+
+
+def test_a_bad_sweep_is_sent_back_with_its_problem(api, tmp_path):
+    skeleton = build_plan("bit_sequences", "embedded", settings=load_settings(), name="x")
+    with pytest.raises(ProposalInvalid) as err:
+        plan_from_proposal({"purpose": "p", "sweep": {"variables": {"epochs": [1, 2]}}}, skeleton, "embedded")
+    assert "sweep.variables.epochs: not a sweep variable" in str(err.value)

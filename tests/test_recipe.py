@@ -441,3 +441,31 @@ def test_every_stock_recipe_attribute_the_validation_component_touches_is_listed
     helpers_of_ours = {"_profiler"}  # StepHook's own attribute: the profiler it wraps (listed as _setup_profiler)
     assert touched - helpers_of_ours <= listed, sorted(touched - helpers_of_ours - listed)
     assert len(touched) >= 8  # the scan finds what it should
+
+
+@pytest.mark.training
+def test_early_stop_ends_once_the_target_held_and_saves(tmp_path, tiny_dir, data_file):
+    """early_stop_accuracy 0 is met at every validation: the run ends at the second one (step 6 of 50)."""
+    out = tmp_path / "out"
+    cfg = make_config(tiny_dir, data_file, out, run_val_every_n_steps=3, early_stop_after=2,
+                      early_stop_accuracy=0.0, epochs_to_save=[], epochs=2)
+    proc = subprocess.run([sys.executable, "-m", RECIPE_MODULE, "--config", str(write_config(tmp_path, cfg))],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = read_metrics(out)
+    end = events[-1]
+    assert end["event"] == "end" and end["steps"] == 6 and "2 consecutive validations" in end["stopped_early"]
+    val = [e for e in events if e["event"] == "val"]
+    assert [e["step"] for e in val] == [3, 6, 6] and val[-1]["final"]
+    assert (out / "logs" / "val_predictions.jsonl").is_file()
+    assert (out / "epoch_0" / "adapter_model.safetensors").is_file()
+    # early_stop_after 50: more validations than one epoch has, so the run trains to its end
+    out2 = tmp_path / "out2"
+    cfg = make_config(tiny_dir, data_file, out2, run_val_every_n_steps=3, early_stop_after=50,
+                      early_stop_accuracy=0.0, epochs_to_save=[], epochs=1)
+    proc = subprocess.run([sys.executable, "-m", RECIPE_MODULE, "--config", str(write_config(tmp_path, cfg))],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    end = read_metrics(out2)[-1]
+    steps_per_epoch = len(json.loads(data_file.read_text())["train"]) // 4
+    assert end["event"] == "end" and "stopped_early" not in end and end["steps"] == steps_per_epoch

@@ -35,6 +35,8 @@ VARIABLE_FLAGS = [
     ("--train-on-input", "train_on_input", {"choices": ["true", "false"], "help": "learn from input tokens too (default true)"}),
     ("--system-prompt", "system_prompt", {"metavar": "TEXT"}),
     ("--seed", "seed", {"type": int, "metavar": "S", "help": "training seed"}),
+    ("--early-stop-after", "early_stop_after", {"type": int, "metavar": "K", "help": "learnable runs end once the "
+     "held-out target held for K validations in a row (floor runs train to the end)"}),
     ("--gpus", "gpus", {"type": int, "metavar": "G", "help": "GPUs per node (0 = CPU); > 1 trains with the distributed recipe"}),
     ("--nodes", "nodes", {"type": int, "metavar": "M", "help": "nodes per run (default 1); > 1 trains with the "
                                                                "distributed recipe, one torchrun per node"}),
@@ -103,13 +105,38 @@ def _add_check_parser(targets, check) -> None:
     where = sub.add_argument_group("where things go (override settings; see `ck config show`)")
     for flag, dest, kw in SETTING_FLAGS:
         where.add_argument(flag, dest=dest, **kw)
-    variables = sub.add_argument_group("variables (applied to every run)")
+    variables = sub.add_argument_group(
+        "variables (applied to every run; " + (
+            f"{', '.join(f for f, d, _ in check.options() if d in check.sweep_variables)} take a comma-separated "
+            "list: the product of the lists becomes the runs, a sweep" if check.sweep_variables else "one value each") + ")")
     for flag, dest, kw in check.options() + VARIABLE_FLAGS:
+        if dest in check.sweep_variables:
+            kw = dict(kw, type=_list_or_one(kw.get("type", str), flag), metavar=f"{kw.get('metavar', 'X')}[,...]")
         variables.add_argument(flag, dest=dest, **kw)
+    variables.add_argument("--seeds", dest="seeds", type=int, metavar="K",
+                           help="sweep K training seeds (seed, seed+1, ...) for every run; names end in _s1.._sK")
     if check.add_run_help:
         variables.add_argument("--add-run", dest="add_run", action="append", default=[], metavar="SPEC",
                                help=check.add_run_help)
     sub.set_defaults(check=check.name)
+
+
+def _list_or_one(cast, flag: str):
+    """argparse type: `4` -> 4, `4,6,8` -> [4, 6, 8] (a sweep)."""
+    def parse(text: str):
+        items = [t.strip() for t in text.split(",")]
+        try:
+            values = [cast(t) for t in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: each value must be a {getattr(cast, '__name__', 'value')}; "
+                                             f"fix: e.g. {flag} 4,6,8") from None
+        return values if len(values) > 1 else values[0]
+    parse.__name__ = getattr(cast, "__name__", "value")
+    return parse
+
+
+def _word(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -121,7 +148,9 @@ def command_line(args: argparse.Namespace) -> str:
     for flag, dest, _ in SETTING_FLAGS + get_check(args.check).options() + VARIABLE_FLAGS:
         value = getattr(args, dest, None)
         if value is not None:
-            words += [flag, str(value)]
+            words += [flag, _word(value)]
+    if getattr(args, "seeds", None) is not None:
+        words += ["--seeds", str(args.seeds)]
     for spec in getattr(args, "add_run", []):
         words += ["--add-run", spec]
     words += [f for f, on in (("--yes", args.yes), ("--force", args.force)) if on]
@@ -140,13 +169,14 @@ def run(args: argparse.Namespace) -> int:
               "(`ck design CHECK --help` lists its flags)", file=sys.stderr)
         return 2
     from cruijff_kit.checks import get_check
-    from cruijff_kit.design import design_check, runs_table, written_message
+    from cruijff_kit.design import design_check, plan_size_text, runs_table, written_message
     from cruijff_kit.experiment import Experiment
     from cruijff_kit.settings import load_settings
 
     check = get_check(args.check)
     settings = load_settings({dest: getattr(args, dest) for _, dest, _ in SETTING_FLAGS})
     overrides = {dest: getattr(args, dest) for _, dest, _ in check.options() + VARIABLE_FLAGS}
+    overrides["seeds"] = args.seeds
     if overrides["train_on_input"] is not None:
         overrides["train_on_input"] = overrides["train_on_input"] == "true"
     if args.name is not None and not args.name.strip():
@@ -157,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides, yes=args.yes, interactive=not args.yes, command_line=command_line(args),
         force=args.force,
     )
-    print(runs_table(Experiment.load(exp_dir)))
+    exp = Experiment.load(exp_dir)
+    print(runs_table(exp))
+    print(plan_size_text(exp, settings)[0])
     print("\n" + written_message(exp_dir))
     return 0

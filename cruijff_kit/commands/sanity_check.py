@@ -34,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="local (subprocesses) or slurm (sbatch); default: the executor setting (local)")
     parser.add_argument("--scratch", metavar="DIR", default=None,
                         help="scratch root for ck-sanity-checks/ and ck-outputs/ (default: the scratch setting, ./ck-scratch)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="the check's sweep mode (its sweep_overrides; for bit-sequences three bit lengths x two "
+                             "seeds on the embedded model), judged by the experiment-level verdicts too")
     parser.add_argument("--name", metavar="NAME", default=None,
                         help="experiment name, used as given (fails if it exists); default: a fresh dated name")
 
@@ -42,4 +45,4 @@ def run(args: argparse.Namespace) -> int:
     from cruijff_kit.sanity_check import run_sanity_check
 
     return run_sanity_check(args.check, executor=args.executor, preset=args.preset, scratch=args.scratch,
-                            exp_name=args.name)
+                            exp_name=args.name, sweep=args.sweep)

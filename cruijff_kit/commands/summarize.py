@@ -34,11 +34,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _paragraphs(
         "Reads <output_dir>/logs/metrics.jsonl and val_predictions.jsonl of each run and the run's dataset. "
         f"Writes {PLOTS_DIR}/<run>.png, {PLOTS_DIR}/comparison.png, {SUMMARY_JSON} and the ## {RESULTS_HEADING} "
-        "section of experiment_summary.md. Exit status 0 only when every run is PASS, 1 otherwise.\n\n"
+        "section of experiment_summary.md (none of them while no run has run yet). Exit status 0 only when every "
+        "run and every experiment-level verdict is PASS, 1 otherwise.\n\n"
+        "Experiment-level verdicts (cruijff_kit/experiment_verdicts.py), over the runs that trained to their end: "
+        "convergence speed (steps-to-target must not fall as the check's convergence variable grows, seeds pooled, "
+        "25% tolerance + one validation interval; INCONCLUSIVE when too few reached the target), floor curve "
+        "(every floor run in its window across the floor variable), train/val tracking (overfitting FAILs). A "
+        "sweep adds steps_to_target.png, floor_curve.png and validation_curves.png. Runs not run yet: NOT RUN or "
+        "PENDING, never FAIL.\n\n"
         "Verdicts (answer-token loss in nats; generic rules in the docstring of cruijff_kit/summarize.py): a "
         "learnable run PASSes at validation accuracy >= its target, a floor run when its loss is within about "
         "2 standard errors of its floor (below it: FAIL, information leaked). Short of the goal: INCONCLUSIVE "
-        "while the loss was still falling (train longer), else FAIL. No validation rows or no metrics: FAIL."
+        "while the loss was still falling (train longer), else FAIL. No validation rows, or no metrics from a job that ended: FAIL."
         + "".join(f"\n\n{c.name}: {c.verdict_rules}" for c in _checks() if c.verdict_rules)
     )
 

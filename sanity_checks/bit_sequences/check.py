@@ -18,6 +18,7 @@ from cruijff_kit.checks import Check, Finding, Option, check_dataset_shape
 from cruijff_kit.errors import CkError
 from cruijff_kit.experiment import LEARNABLE_TARGET_ACCURACY, Expected, binary_entropy_nats
 from sanity_checks.bit_sequences import presets
+from sanity_checks.bit_sequences.presets import SWEEP_OVERRIDES
 
 LABEL_KINDS = ("parity", "bernoulli")
 # The seed README's file names, kept when the seed preset is used unchanged.
@@ -154,6 +155,10 @@ class BitSequences(Check):
         "p": "a probability between 0 and 1",
         "bit_parity": "true (parity labels) or false (Bernoulli labels)",
     }
+    sweep_variables = ("bit_length", "N", "val_size", "p", "noise", "data_seed")
+    convergence_axis = "bit_length"   # shorter strings: a simpler pattern, learned no slower
+    floor_axis = "p"                  # the Bernoulli floor H(p) across p
+    sweep_overrides = SWEEP_OVERRIDES
     add_run_help = (
         "add a run: NAME:parity|bernoulli:BIT_LENGTH:P[:N[:VAL_SIZE]]. parity labels = parity of the bits, "
         "flipped with probability P; bernoulli labels = 1 with probability P regardless of input. "
@@ -176,6 +181,16 @@ class BitSequences(Check):
         if args.get("bit_parity") is False and "p" in options:
             args["p"] = options["p"]
         return args
+
+    def sweep_run_name(self, base_run: str, args: BitSequenceArgs, swept: dict[str, Any], seed_index: int | None) -> str:
+        """`parity_L6_s2`, `bernoulli_L8_p03_s1`, `noisy_parity_L8_p01`: the kind of labels, then each swept value."""
+        kind = ("parity" if args.p == 0 else "noisy_parity") if args.bit_parity else "bernoulli"
+        short = {"bit_length": "L", "N": "N", "val_size": "V", "p": "p", "noise": "p", "data_seed": "d"}
+        parts = [kind] + [f"{short.get(k, k)}{v:g}".replace(".", "") if isinstance(v, float) else f"{short.get(k, k)}{v}"
+                          for k, v in swept.items()]
+        if seed_index is not None:
+            parts.append(f"s{seed_index}")
+        return "_".join(parts)
 
     def parse_add_run(self, spec: str) -> dict[str, Any]:
         """`NAME:parity|bernoulli:BIT_LENGTH:P[:N[:VAL_SIZE]]` -> {"name", bit_parity, bit_length, p, ...}."""

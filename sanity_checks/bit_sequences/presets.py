@@ -45,8 +45,19 @@ EMBEDDED = {
         "epochs": 5, "batch_size": 16, "lora_rank": 8, "lr": 3e-3, "num_warmup_steps": 10,
         "lr_scheduler": "get_cosine_schedule_with_warmup", "log_every_n_steps": 5,
         "run_val_every_n_steps": 50, "train_on_input": False, "system_prompt": "", "seed": 42,
+        "early_stop_after": 2,  # learnable runs end once accuracy >= target at 2 validations in a row (floor runs: never)
     },
     "compute": {"gpus": 0, "time": "00:10:00", "mem": "4G"},
 }
 
-PRESETS = {"seed": SEED, "embedded": EMBEDDED}
+# `ck sanity-check bit_sequences --sweep`: parity alone, at three bit lengths x two training seeds, early stop on,
+# validation every 25 steps so that steps-to-target resolve the bit lengths (convergence-speed check).
+EMBEDDED_SWEEP = {
+    "model": "ck-tiny-llama",
+    "runs": {"parity_run": {"bit_length": 8, "N": 3000, "p": 0.0, "bit_parity": True, "val_size": 16}},
+    "hyper": dict(EMBEDDED["hyper"], run_val_every_n_steps=25),
+    "compute": dict(EMBEDDED["compute"]),
+}
+SWEEP_OVERRIDES = {"preset": "embedded_sweep", "bit_length": [6, 7, 8], "seeds": 2}
+
+PRESETS = {"seed": SEED, "embedded": EMBEDDED, "embedded_sweep": EMBEDDED_SWEEP}

@@ -63,7 +63,7 @@ COMMON_STOCK_KEYS = frozenset({
 # cruijff_kit's additions (docs/finetune_reference.yaml, "cruijff_kit recipe additions")
 VAL_KEYS = frozenset({
     "dataset_val", "run_val_every_n_steps", "batch_size_val", "max_val_batches", "epochs_to_save",
-    "num_threads", "metrics_log",
+    "num_threads", "metrics_log", "early_stop_after", "early_stop_accuracy",
 }) | FINETUNE_TOP_LEVEL_KEYS
 DEFAULT_BATCH_SIZE_VAL = 64
 # Output chunking (CEWithChunkedOutputLoss) saves memory when one batch's fp32 logits are large (Llama-3's
@@ -71,6 +71,10 @@ DEFAULT_BATCH_SIZE_VAL = 64
 FULL_LOGITS_MAX_BYTES = 256 * 2**20
 RECIPE_STATE = recipe_state_file()
 EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+class EarlyStop(Exception):
+    """Raised from the step hook to leave torchtune's loop once the held-out target has held (early_stop_after)."""
 
 
 # ---------------------------------------------------------------- configuration
@@ -323,6 +327,10 @@ class ValidatingRecipe:
         self._max_val_batches = cfg.get("max_val_batches")
         self._epochs_to_save = parse_epochs_to_save(cfg.get("epochs_to_save"), self.total_epochs)
         self._metrics_log_path = cfg.get("metrics_log") or os.path.join(cfg.output_dir, "logs", "metrics.jsonl")
+        self._early_stop_after = cfg.get("early_stop_after")
+        self._early_stop_accuracy = cfg.get("early_stop_accuracy", 0.99)
+        self._target_streak = 0
+        self._last_val_acc = None
 
     def _setup_validation(self, cfg: DictConfig) -> None:
         """After the stock setup: answer tap, validation data, metrics.jsonl (rank 0), resumed step count."""
@@ -401,6 +409,17 @@ class ValidatingRecipe:
         is_last_step = self.global_step == self.total_epochs * self._steps_per_epoch
         if every and self.global_step % every == 0 and not is_last_step:
             self.validate(self.epochs_run)  # the last step's validation is the final one, after train()
+            self._check_early_stop()
+
+    def _check_early_stop(self) -> None:
+        """Every rank sees the same all_reduced accuracy, so every rank stops at the same step."""
+        if not self._early_stop_after or self._last_val_acc is None:
+            return
+        reached = self._last_val_acc >= self._early_stop_accuracy
+        self._target_streak = self._target_streak + 1 if reached else 0
+        if self._target_streak >= self._early_stop_after:
+            raise EarlyStop(f"validation answer accuracy >= {self._early_stop_accuracy} for {self._target_streak} "
+                            f"consecutive validations (early_stop_after {self._early_stop_after})")
 
     def _log_train(self) -> None:
         meter = self._answers.meter
@@ -418,12 +437,21 @@ class ValidatingRecipe:
     def train(self) -> None:
         """The stock training loop, then the final validation and the "end" event."""
         self._answers.meter.reset()  # forward passes before training are not training rows
-        super().train()
+        stopped = None
+        try:
+            super().train()
+        except EarlyStop as stop:
+            stopped = str(stop)
+            utils.log_rank_zero(log, f"Early stop at step {self.global_step}: {stopped}; saving a checkpoint.")
+            self._optimizer.zero_grad(set_to_none=True)
+            super().save_checkpoint(epoch=self.epochs_run)
         if self._run_val_every_n_steps:
-            self.validate(self.total_epochs - 1, final=True)
+            self.validate(self.epochs_run if stopped else self.total_epochs - 1, final=True)
         if self._ranks.is_main:
-            self._metrics.write("end", self.global_step, self.total_epochs - 1, steps=self.global_step,
-                                wall_time=round(time.perf_counter() - self._train_start, 4))
+            extra = {"stopped_early": stopped} if stopped else {}
+            self._metrics.write("end", self.global_step, self.epochs_run if stopped else self.total_epochs - 1,
+                                steps=self.global_step, wall_time=round(time.perf_counter() - self._train_start, 4),
+                                **extra)
 
     # ---------------------------------------------------------------- validation
 
@@ -467,6 +495,7 @@ class ValidatingRecipe:
         loss_sum, loss_tokens, answer_loss, correct, count = self._ranks.sum(
             [loss_sum, loss_tokens, *val_meter.sums()], self._device)
         predictions = self._ranks.gather_to_main(predictions)
+        self._last_val_acc = correct / count if count else None
         if not self._ranks.is_main:
             return None
         scalars = {
