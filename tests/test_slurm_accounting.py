@@ -197,3 +197,29 @@ def test_usage_from_the_database_has_elapsed_cpu_hours_and_max_rss(on_accounting
     assert usage is not None and usage.elapsed_s >= 7
     assert usage.cpu_hours >= usage.elapsed_s / 3600 and usage.gpu_hours == 0
     assert usage.max_rss_bytes >= 80 << 20
+
+
+def test_node_failure_is_retried_by_the_policy_and_logged_with_why(on_accounting, tmp_path):
+    exp = tmp_path / "exp"
+    marker = tmp_path / "first-attempt-ran"
+    # the first job runs until its node fails; the resubmitted one finds the marker and finishes
+    make_run(exp, "victim", f"#SBATCH --no-requeue\nif [ -e {marker} ]; then exit 0; fi\ntouch {marker}\nsleep 120")
+    assert run_experiment(exp, executor="slurm", detach=True, poll=0.5, live=False, out=io.StringIO())
+    first = json.loads((exp / STATE_NAME).read_text())["runs"]["victim"]["job_id"]
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    node = run(["sinfo", "-h", "-N", "-o", "%N"], on_accounting).stdout.split()[0]
+    try:
+        assert run(["scontrol", "update", f"nodename={node}", "state=down", "reason=ck-test-node-failure"],
+                   on_accounting).returncode == 0
+        wait_gone([first], on_accounting)
+    finally:
+        run(["scontrol", "update", f"nodename={node}", "state=resume"], on_accounting)
+    final = run_experiment(exp, executor="slurm", resume=True, poll=0.5, live=False, out=io.StringIO())
+    assert final == {"victim": "COMPLETED"}
+    state = json.loads((exp / STATE_NAME).read_text())["runs"]["victim"]
+    assert state["attempts"] == [{"job_id": first, "state": "NODE_FAIL", "exit_code": state["attempts"][0]["exit_code"]}]
+    assert state["node_fail_retries"] == 1 and state["job_id"] != first
+    retries = [e for e in explog.read_log(exp, "run") if e.action == "RETRY_NODE_FAIL"]
+    assert len(retries) == 1 and "NODE_FAIL" in retries[0].fields["Explanation"]
