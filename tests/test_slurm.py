@@ -21,6 +21,7 @@ from cruijff_kit import explog
 from cruijff_kit.cli import main
 from cruijff_kit.executors import SlurmExecutor
 from cruijff_kit.monitor import STATE_NAME, run_experiment
+from conftest import SLURM_ACCOUNTING, SLURM_DIR, slurm_local
 from test_executors import make_run, wait_terminal
 
 pytestmark = pytest.mark.slurm
@@ -28,7 +29,6 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
 POLL = 0.5
 CK = [sys.executable, "-m", "cruijff_kit"]
-SLURM_DIR = Path(os.environ.get("CK_SLURM_DIR", "/var/lib/ck-slurm"))
 
 
 
@@ -133,7 +133,7 @@ def test_skill_path_scheduler_unreachable_then_started(tmp_path):
     try:
         refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
     finally:
-        start = subprocess.run([str(REPO / "scripts" / "slurm-local"), "start"], capture_output=True, text=True, timeout=120)
+        start = slurm_local("start", timeout=120)
     assert refused.returncode == 2, refused.stderr
     err = refused.stderr.strip()
     assert "\n" not in err and "controller does not answer" in err and "scripts/slurm-local start" in err
@@ -216,15 +216,16 @@ def test_sacct_completion_file_answers_for_jobs_the_controller_forgot(tmp_path):
     info = executor._sacct([job_id])[job_id]
     assert (info.state, info.exit_code) == ("FAILED", 4)
     assert info.ended_at - info.started_at >= 1  # the completion file has the start and end times
-    assert executor._sacct_mode == "jobcomp"  # no accounting database: `sacct -c`
+    # plain sacct from the database when there is one, else `sacct -c` (the job-completion file)
+    assert executor.sacct_mode() == ("db" if SLURM_ACCOUNTING else "jobcomp")
 
 
 def test_slurm_local_start_is_idempotent():
     t0 = time.monotonic()
-    start = subprocess.run([str(REPO / "scripts" / "slurm-local"), "start"], capture_output=True, text=True, timeout=120)
+    start = slurm_local("start", timeout=120)
     assert start.returncode == 0, start.stderr
     assert time.monotonic() - t0 < 10
-    status = subprocess.run([str(REPO / "scripts" / "slurm-local"), "status"], capture_output=True, text=True, timeout=60)
+    status = slurm_local("status", timeout=60)
     assert status.returncode == 0 and "slurmd: running" in status.stdout and "debug" in status.stdout
 
 
