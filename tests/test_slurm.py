@@ -247,3 +247,62 @@ def test_failing_squeue_keeps_states_and_the_monitor_alive(tmp_path):
     assert read_state(exp)["steady"]["state"] in ("PENDING", "RUNNING")  # not LOST: no answer is not "unknown"
     assert run_experiment(exp, executor="slurm", resume=True, poll=POLL, live=False, out=io.StringIO()) == {"steady": "COMPLETED"}
     assert "POLL_FAILED" in [e.action for e in explog.read_log(exp, "run")]
+
+
+def _metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "logs" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.training
+def test_requeued_training_resumes_from_its_epoch_checkpoint_and_a_finished_one_does_not_train_again(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    env = {**os.environ, "CK_SCRATCH": str(scratch), "CK_CONFIG": str(tmp_path / "settings.yaml"),
+           "CK_DATA_DIR": str(tmp_path / "data"), "WANDB_MODE": "offline"}
+    for key in ("CK_SCRATCH", "CK_CONFIG", "CK_DATA_DIR", "WANDB_MODE"):
+        monkeypatch.setenv(key, env[key])  # sbatch exports the submitting environment to the job
+    design = subprocess.run([*CK, "design", "bit-sequences", "--preset", "embedded", "--yes", "--name", "rq",
+                             "--N", "800", "--val-size", "32", "--epochs", "2", "--max-steps-per-epoch", "30"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert design.returncode == 0, design.stderr
+    exp = scratch / "ck-sanity-checks" / "rq"
+    scaffold = subprocess.run([*CK, "scaffold", str(exp)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert scaffold.returncode == 0, scaffold.stderr
+    script = (exp / "parity_run" / "finetune.slurm").read_text()
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=B:USR1@60" in script
+
+    run_experiment(exp, executor="slurm", detach=True, poll=POLL, live=False, out=io.StringIO())
+    job_id = read_state(exp)["parity_run"]["job_id"]
+    out_dir = scratch / "ck-outputs" / "rq" / "ck-out-parity_run"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and not any(e["event"] == "train" and e["epoch"] == 1 for e in
+                                                  (_metrics(out_dir) if (out_dir / "logs" / "metrics.jsonl").exists() else [])):
+        time.sleep(0.1)
+    assert not (out_dir / "epoch_1").exists(), "epoch 1 finished before the requeue: make the epoch longer"
+    requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
+    assert requeue.returncode == 0, requeue.stderr
+    interrupted = _metrics(out_dir)
+
+    out = io.StringIO()
+    final = run_experiment(exp, executor="slurm", resume=True, poll=POLL, live=False, out=out)
+    assert final == {"parity_run": "COMPLETED", "probabilistic_run": "COMPLETED"}, out.getvalue()[-3000:]
+    assert read_state(exp)["parity_run"]["job_id"] == job_id  # SLURM requeued the same job: no resubmission
+    log = (out_dir / f"slurm-{job_id}.out").read_text()
+    assert "epoch checkpoints found: resume" in log and log.index("tune run exited") > log.index("found: resume")
+    metrics = _metrics(out_dir)
+    steps = [e["step"] for e in metrics if e["event"] == "train"]
+    assert steps == sorted(set(steps)), "a step is in metrics.jsonl twice"
+    assert [e for e in metrics if e["epoch"] == 0] == [e for e in interrupted if e["epoch"] == 0]
+    assert metrics[-1]["event"] == "end" and metrics[-1]["steps"] == 60
+    actions = [e.action for e in explog.read_log(exp, "run")]
+    assert not [a for a in actions if a.startswith("JOB_") or a.startswith("RETRY")]
+
+    # requeued after its last epoch: the job starts again, sees the finished training, and stops
+    before = (out_dir / "logs" / "metrics.jsonl").read_text()
+    assert subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30).returncode == 0
+    # SLURM holds a requeued job back for about CredExpire (120 s) unless told otherwise
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"], capture_output=True, timeout=30)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and "not training again" not in (out_dir / f"slurm-{job_id}.out").read_text():
+        time.sleep(0.3)
+    assert "not training again" in (out_dir / f"slurm-{job_id}.out").read_text()
+    assert (out_dir / "logs" / "metrics.jsonl").read_text() == before
