@@ -76,6 +76,52 @@ class JobInfo:
     ended_at: float | None = None
 
 
+@dataclass
+class JobUsage:
+    """A job's resource use as its scheduler accounted it (None: not recorded)."""
+    job_id: str
+    elapsed_s: float | None = None
+    cpu_hours: float | None = None  # allocated CPUs x elapsed
+    gpu_hours: float | None = None  # allocated GPUs x elapsed
+    max_rss_bytes: int | None = None  # the largest MaxRSS of the job's steps
+
+
+_SIZE_SUFFIX = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+def _size_bytes(text: str) -> int | None:
+    """sacct's MaxRSS: `123456K`, `1.5G`, `0` -> bytes; None when empty."""
+    m = re.fullmatch(r"\s*([0-9.]+)([KMGT]?)\s*", text or "")
+    return int(float(m.group(1)) * _SIZE_SUFFIX[m.group(2)]) if m else None
+
+
+def _gpus_in_tres(tres: str) -> int:
+    m = re.search(r"gres/gpu=(\d+)", tres or "")
+    return int(m.group(1)) if m else 0
+
+
+def parse_sacct_usage(text: str, ids: list[str]) -> dict[str, JobUsage]:
+    """`sacct -P -o JobID,ElapsedRaw,CPUTimeRAW,AllocTRES,MaxRSS` lines (allocation and steps) -> per job."""
+    out: dict[str, JobUsage] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < 5:
+            continue
+        job_id, step = parts[0].split(".", 1)[0], "." in parts[0]
+        if job_id not in ids:
+            continue
+        usage = out.setdefault(job_id, JobUsage(job_id))
+        if not step:
+            elapsed = float(parts[1]) if parts[1].isdigit() else None
+            usage.elapsed_s = elapsed
+            usage.cpu_hours = int(parts[2]) / 3600 if parts[2].isdigit() else None
+            usage.gpu_hours = _gpus_in_tres(parts[3]) * elapsed / 3600 if elapsed is not None else None
+        rss = _size_bytes(parts[4])
+        if rss is not None:
+            usage.max_rss_bytes = max(rss, usage.max_rss_bytes or 0)
+    return out
+
+
 def log_tail(path: Path, lines: int = 15, tail_bytes: int = 65536) -> list[str]:
     """The last `lines` lines of a (job) log; [] when it does not exist."""
     try:
@@ -129,6 +175,27 @@ class Job:
 
 class SubmitError(Exception):
     """The scheduler refused the job; str() is its own message (e.g. sbatch's stderr)."""
+
+
+class SubmitLimited(SubmitError):
+    """The scheduler refused the job only because a submit limit is reached (a QOS or association
+    MaxSubmitJobs cap): submitting it again when one of the user's jobs has ended will work.
+    `limit` names the limit (SLURM's reason, e.g. QOSMaxSubmitJobPerUserLimit)."""
+
+    def __init__(self, message: str, limit: str):
+        super().__init__(message)
+        self.limit = limit
+
+
+# sbatch's words for "too many of your jobs are queued": the QOS / association submit caps
+SUBMIT_LIMIT_RE = re.compile(r"\b(QOSMaxSubmitJob\w*|AssocMaxSubmitJob\w*|AssocGrpSubmitJobs\w*|QOSGrpSubmitJob\w*)"
+                             r"|job submit limit")
+
+
+def submit_refusal(message: str) -> SubmitError:
+    """SubmitLimited when the refusal is a submit cap (wait and retry), else SubmitError (a failure)."""
+    m = SUBMIT_LIMIT_RE.search(message)
+    return SubmitLimited(message, m.group(1) or "submit limit") if m else SubmitError(message)
 
 
 # ---------------------------------------------------------------- reading finetune.slurm
@@ -240,6 +307,10 @@ class Executor(ABC):
         (unix time), ignoring the ids in `exclude`: what a monitor killed between submitting a job
         and recording its id looks for before submitting again. One query for all directories."""
 
+    def usage(self, job_ids: list[str]) -> dict[str, "JobUsage"]:
+        """What the ended jobs used, from the scheduler's accounting ({} where it keeps none)."""
+        return {}
+
     def preflight(self) -> None:
         """Check, before anything is submitted or recorded, that jobs can be submitted;
         CkError (one line with the fix) if not."""
@@ -285,7 +356,7 @@ class SlurmExecutor(Executor):
 
     def __init__(self, timeout: float = 60.0):
         self.timeout = timeout
-        self._sacct_mode: str | None = None  # "db" or "jobcomp" once known
+        self._sacct_mode: str | None = None  # "db" or "jobcomp" once known (sacct_mode())
         self.query_count = 0  # scheduler commands run by states(); the benchmark reads it
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -318,7 +389,7 @@ class SlurmExecutor(Executor):
         proc = self._run(["sbatch", "--parsable", SCRIPT_NAME], cwd=Path(run_dir))
         if proc.returncode != 0:
             message = " ".join((proc.stderr.strip() or proc.stdout.strip() or f"sbatch exited {proc.returncode}").split())
-            raise SubmitError(message)
+            raise submit_refusal(message)
         job_id = proc.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise SubmitError(f"sbatch printed no job id: {proc.stdout.strip()!r} {proc.stderr.strip()!r}")
@@ -354,17 +425,46 @@ class SlurmExecutor(Executor):
                                   "" if reason in ("None", "") else reason, *_span(state, start, end))
         return out
 
+    def sacct_mode(self) -> str:
+        """"db" when the cluster has an accounting database (plain sacct), else "jobcomp" (`sacct -c`,
+        the job-completion file). Asked once (`scontrol show config`), then remembered."""
+        if self._sacct_mode is None:
+            proc = self._run(["scontrol", "show", "config"])
+            storage = re.search(r"^AccountingStorageType\s*=\s*(\S+)", proc.stdout, flags=re.M)
+            if proc.returncode != 0 or storage is None:
+                return "db"  # the controller did not answer: ask the database this time, decide later
+            self._sacct_mode = "jobcomp" if storage.group(1).endswith("/none") else "db"
+        return self._sacct_mode
+
     def _sacct(self, ids: list[str]) -> dict[str, JobInfo]:
+        """One sacct for the ids squeue no longer knows: the database if there is one; `sacct -c` only
+        when there is none, or (a second query) when slurmdbd does not answer."""
         base = ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=" + ",".join(ids),
                 "--format=JobID,State,ExitCode,Start,End"]
-        modes = [self._sacct_mode] if self._sacct_mode else ["db", "jobcomp"]
-        for mode in modes:
+        mode = self.sacct_mode()
+        if mode == "db":
             self.query_count += 1
-            proc = self._run(base + (["--completion"] if mode == "jobcomp" else []))
+            proc = self._run(base)
             if proc.returncode == 0:
-                self._sacct_mode = mode
                 return self._parse_sacct(proc.stdout, ids)
+            db_error = " ".join(proc.stderr.split()) or f"sacct exited {proc.returncode}"
+        self.query_count += 1
+        proc = self._run(base + ["--completion"])
+        if proc.returncode == 0:
+            return self._parse_sacct(proc.stdout, ids)
+        if mode == "db":  # no answer is not "unknown": the monitor keeps the states it has and asks again
+            raise CkError("sacct", ",".join(ids[:3]), f"the accounting database does not answer ({db_error})",
+                          "check slurmdbd: `sacctmgr show cluster` or `scripts/slurm-local status`")
         return {}
+
+    def usage(self, job_ids: list[str]) -> dict[str, JobUsage]:
+        """One sacct (database only: the completion file keeps no usage) for elapsed, CPU/GPU-hours, max RSS."""
+        ids = [str(j) for j in job_ids]
+        if not ids or self.sacct_mode() != "db":
+            return {}
+        proc = self._run(["sacct", "--noheader", "--parsable2", "--jobs=" + ",".join(ids),
+                          "--format=JobID,ElapsedRaw,CPUTimeRAW,AllocTRES,MaxRSS"])
+        return parse_sacct_usage(proc.stdout, ids) if proc.returncode == 0 else {}
 
     @staticmethod
     def _parse_sacct(text: str, ids: list[str]) -> dict[str, JobInfo]:

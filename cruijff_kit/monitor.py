@@ -10,9 +10,12 @@ What it keeps where:
   whose job has ended a new job (the old one is kept in `attempts`). The time of each submission
   is recorded before the scheduler is asked: a monitor killed before it could record the job id
   looks the job up (one query) when it starts again, instead of submitting the run twice.
-- `<exp_dir>/run-experiment.log`: SUBMIT_JOB, STATE_CHANGE, ALL_SUBMITTED (or SUBMIT_INCOMPLETE,
+- `<exp_dir>/run-experiment.log`: SUBMIT_JOB, SUBMIT_WAIT (a scheduler submit cap such as a QOS
+  MaxSubmitJobsPerUser refused it: the run is WAITING, not failed, and is submitted again at each
+  poll until a slot frees), STATE_CHANGE, ALL_SUBMITTED (or SUBMIT_INCOMPLETE,
   with the counts), ALL_COMPLETE (once, when the last job has ended), DETACH, RESUME, RERUN and
-  every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, ...). `Command:` is the
+  every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, RETRY_NODE_FAIL
+  (the retry policy, cruijff_kit/retry.py: each retry with why), ...). `Command:` is the
   command as it was run.
 - `## Jobs` of `<exp_dir>/experiment_summary.md`: the job table.
 
@@ -42,13 +45,15 @@ from cruijff_kit import explog
 from cruijff_kit.inputs import load_json, load_yaml_mapping, read_text
 from cruijff_kit.errors import CkError
 from cruijff_kit.executors import (
-    SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SubmitError, is_terminal, log_tail,
+    SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SubmitError, SubmitLimited, is_terminal, log_tail,
     make_executor, sbatch_options,
 )
 from cruijff_kit.fsutil import atomic_write_json, atomic_write_text
 from cruijff_kit.markdown_sections import set_section
+from cruijff_kit.retry import HALF_BATCH, NO_RETRY, RetryPolicy
 
 STATE_NAME = ".ck-run-state.json"
+WAITING = "WAITING"  # no job yet: the scheduler's submit limit is reached; submitted when a slot frees
 LOCAL_STATE_DIR = ".ck-local-jobs"
 SUMMARY_NAME = "experiment_summary.md"
 JOBS_HEADING = "Jobs"
@@ -116,6 +121,7 @@ class RunState:
     ended_at: float | None = None
     first_unknown_at: float | None = None
     oom_retries: int = 0
+    node_fail_retries: int = 0
     attempts: list | None = None  # earlier (job_id, state, exit_code) of this run
     submit_intent: float | None = None  # set and saved just before submitting, cleared with the outcome
 
@@ -186,7 +192,8 @@ def job_rows(runs: list[tuple[str, Path]], state: RunStateFile, now: float | Non
 
 def format_table(rows: list[dict]) -> list[str]:
     header = ["RUN", "JOB ID", "STATE", "ELAPSED", "STEP", "LOSS"]
-    body = [[r["run"], r["job_id"] or "-", r["state"] + (f" (exit {r['exit_code']})" if r["exit_code"] not in (None, 0) else ""),
+    body = [[r["run"], r["job_id"] or "-", r["state"] + (f" (exit {r['exit_code']})" if r["exit_code"] not in (None, 0) else "")
+             + (f" ({r['message']})" if r["state"] == WAITING else ""),
              r["elapsed"], "-" if r["step"] is None else str(r["step"]),
              "-" if r["loss"] is None else f"{r['loss']:.4f}"] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
@@ -301,7 +308,8 @@ def reattach_hint(exp_dir: Path) -> str:
 
 def run_command_line(exp_dir: Path, *, executor: str, max_submit: int | None = None, stagger: float = 0.0,
                      poll: float = DEFAULT_POLL, detach: bool = False, resume: bool = False, live: bool = True,
-                     retry_oom: int = 0, lost_after: float | None = None, rerun: list[str] | None = None) -> str:
+                     retry_oom: int | None = None, lost_after: float | None = None, rerun: list[str] | None = None,
+                     retry_node_fail: int | None = None) -> str:
     """The `ck run` command equivalent to run_experiment's arguments (for callers that are not the CLI)."""
     words = ["ck", "run", str(exp_dir), "--executor", executor]
     words += ["--max-submit", str(max_submit)] if max_submit is not None else []
@@ -310,7 +318,8 @@ def run_command_line(exp_dir: Path, *, executor: str, max_submit: int | None = N
     words += ["--detach"] if detach else []
     words += ["--resume"] if resume else []
     words += [] if live else ["--no-live"]
-    words += ["--retry-oom", str(retry_oom)] if retry_oom else []
+    words += ["--retry-oom", str(retry_oom)] if retry_oom is not None else []
+    words += ["--retry-node-fail", str(retry_node_fail)] if retry_node_fail is not None else []
     words += ["--lost-after", f"{lost_after:g}"] if lost_after is not None else []
     for name in rerun or []:
         words += ["--rerun", name]
@@ -319,12 +328,12 @@ def run_command_line(exp_dir: Path, *, executor: str, max_submit: int | None = N
 
 class Monitor:
     def __init__(self, exp_dir: Path, executor: Executor, *, poll: float, lost_after: float,
-                 retry_oom: int, display: Display, command: str = ""):
+                 retry: RetryPolicy, display: Display, command: str = ""):
         self.exp_dir = exp_dir
         self.executor = executor
         self.poll = poll
         self.lost_after = lost_after
-        self.retry_oom = retry_oom
+        self.retry = retry
         self.display = display
         self.command = command
         self.runs = scaffolded_runs(exp_dir)
@@ -353,7 +362,8 @@ class Monitor:
     def job(self, name: str) -> Job:
         return self.executor.job(self.state.runs[name].job_id, self.run_dirs.get(name, self.exp_dir / name), name)
 
-    def submit(self, name: str) -> None:
+    def submit(self, name: str) -> bool:
+        """Submit the run; False when a submit limit made it wait (submit nothing more this pass)."""
         run_dir = self.run_dirs[name]
         run = self.state.runs.setdefault(name, RunState())
         command = f"cd {run_dir} && " + ("sbatch --parsable finetune.slurm" if self.executor.name == "slurm"
@@ -363,6 +373,9 @@ class Monitor:
             self.state.save()
             try:
                 job = self.executor.submit(run_dir, name)
+            except SubmitLimited as exc:
+                self._wait_for_slot(name, run, exc, command)
+                return False
             except SubmitError as exc:
                 run.state, run.message, run.ended_at, run.submit_intent = "SUBMIT_FAILED", str(exc), time.time(), None
                 run.running_since = run.exit_code = None
@@ -372,13 +385,28 @@ class Monitor:
                          explanation="the scheduler refused the job; its message is above. Fix the cause, then "
                                      f"`ck run {self.exp_dir}` submits it")
                 self.display.message(f"{_clock()} {name}: SUBMIT_FAILED: {exc}")
-                return
+                return True
             self._record_job(run, job.id, time.time())
             self.submitted_now += 1
             self.state.save()
         self.log("SUBMIT_JOB", f"submitted {name}", command=command, result=f"job {job.id}",
                  explanation=f"{self.executor.name} executor; log {job.log}", extra={"Job ID": job.id})
         self.display.message(f"{_clock()} {name}: submitted as job {job.id}")
+        return True
+
+    def _wait_for_slot(self, name: str, run: RunState, exc: SubmitLimited, command: str) -> None:
+        """A submit cap refused the job: the run waits (no job, not a failure) and is submitted again
+        at a later poll; logged once each time a run starts waiting."""
+        first = run.state != WAITING
+        run.state, run.message, run.submit_intent = WAITING, f"{exc.limit}: submitted when a job ends", None
+        run.exit_code = run.running_since = run.ended_at = None
+        self.state.save()
+        if first:
+            live = len(self.live_runs())
+            self.log("SUBMIT_WAIT", f"{name} waits for a free submit slot ({exc.limit})", command=command,
+                     result=str(exc), explanation=f"a scheduler submit limit, not a failure: {live} job(s) of this "
+                                                  "experiment are queued or running; retried at every poll until accepted")
+            self.display.message(f"{_clock()} {name}: WAITING: {exc.limit} ({live} live job(s)); retried as jobs end")
 
     @staticmethod
     def _record_job(run: RunState, job_id: str, submitted_at: float) -> None:
@@ -519,22 +547,36 @@ class Monitor:
                  command=f"tail {log}", result=f"exit code {code}",
                  explanation=(run.message or "-") + " | last log line: " + (tail[-1] if tail else "(no log)"),
                  extra={"Job ID": run.job_id, "Exit code": code})
-        if run.state == "OOM" and run.oom_retries < self.retry_oom:
-            self.resubmit_after_oom(name, run)
+        self.apply_retry_policy(name, run)
 
-    def resubmit_after_oom(self, name: str, run: RunState) -> None:
-        try:
-            old, new = halve_batch_size(self.run_dirs[name])
-        except CkError as err:
-            self.log("RETRY_OOM_SKIPPED", f"{name}: no retry", result=str(err), explanation="batch size cannot shrink")
-            self.display.message(f"{name}: not retried: {err}")
+    def apply_retry_policy(self, name: str, run: RunState) -> None:
+        """The retry policy (cruijff_kit.retry) for a run whose job ended badly: every retry is logged with why."""
+        decision = self.retry.decide(run.state, run.oom_retries, run.node_fail_retries)
+        if decision.action == NO_RETRY:
             return
+        run_dir = self.run_dirs[name]
+        change = "unchanged"
+        if decision.action == HALF_BATCH:
+            try:
+                old, new = halve_batch_size(run_dir)
+            except CkError as err:
+                self.log("RETRY_SKIPPED", f"{name}: no retry", result=str(err), explanation=decision.why + "; batch size cannot shrink")
+                self.display.message(f"{name}: not retried: {err}")
+                return
+            change = f"batch_size {new} (was {old})"
+            command = f"edit {run_dir / 'finetune.yaml'}: batch_size {old} -> {new}"
+        else:
+            command = f"resubmit {run_dir / SCRIPT_NAME}"
         run.attempts = (run.attempts or []) + [{"job_id": run.job_id, "state": run.state, "exit_code": run.exit_code}]
-        run.oom_retries += 1
+        if decision.kind == "oom":
+            run.oom_retries += 1
+        else:
+            run.node_fail_retries += 1
+        self.log("RETRY_OOM" if decision.kind == "oom" else "RETRY_NODE_FAIL",
+                 f"{name}: job {run.job_id} {run.state}: resubmitting with {change}", command=command,
+                 result=f"attempt {len(run.attempts) + 1}", explanation=decision.why, extra={"Job ID": run.job_id})
+        self.display.message(f"{_clock()} {name}: retrying: {decision.why}")
         run.job_id = None
-        self.log("RETRY_OOM", f"{name}: resubmitting with batch_size {new} (was {old})",
-                 command=f"edit {self.run_dirs[name] / 'finetune.yaml'}: batch_size {old} -> {new}",
-                 result=f"retry {run.oom_retries} of {self.retry_oom}", explanation="the job ran out of GPU memory")
         self.submit(name)
 
     # -- the end
@@ -591,9 +633,10 @@ def _sleep(seconds: float) -> None:
 
 def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "local", max_submit: int | None = None,
                    stagger: float = 0.0, poll: float = DEFAULT_POLL, detach: bool = False, resume: bool = False,
-                   live: bool = True, retry_oom: int = 0, lost_after: float | None = None,
+                   live: bool = True, retry_oom: int | None = None, lost_after: float | None = None,
                    max_local_jobs: int | None = None, rerun: list[str] | None = None,
-                   command: str | None = None, out: IO[str] | None = None) -> dict[str, str]:
+                   command: str | None = None, out: IO[str] | None = None,
+                   retry_node_fail: int | None = None) -> dict[str, str]:
     """Submit every scaffolded run that has no job (refused ones included, once each) and monitor
     until all jobs have ended. `rerun`: runs whose ended job is replaced by a new one. `command`:
     the command line to log (default: the equivalent `ck run`).
@@ -606,16 +649,17 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
         raise CkError("experiment_dir", str(exp_dir), "not a directory", "give the directory `ck scaffold` filled")
     if max_submit is not None and max_submit < 1:
         raise CkError("max_submit", max_submit, "must be >= 1", "e.g. --max-submit 4, or leave it out for no cap")
-    if poll <= 0 or stagger < 0 or retry_oom < 0:
+    if poll <= 0 or stagger < 0 or (retry_oom or 0) < 0:
         raise CkError("poll/stagger/retry_oom", (poll, stagger, retry_oom), "poll must be > 0, stagger and retry-oom >= 0",
                       "e.g. --poll 15 --stagger 0 --retry-oom 1")
     out = out or sys.stdout
     executor_obj = _make_executor(executor, exp_dir, max_local_jobs)
     command = command or run_command_line(exp_dir, executor=executor_obj.name, max_submit=max_submit, stagger=stagger,
                                           poll=poll, detach=detach, resume=resume, live=live, retry_oom=retry_oom,
-                                          lost_after=lost_after, rerun=rerun)
+                                          lost_after=lost_after, rerun=rerun, retry_node_fail=retry_node_fail)
     monitor = Monitor(exp_dir, executor_obj, poll=poll, lost_after=lost_after if lost_after is not None else max(60.0, 3 * poll),
-                      retry_oom=retry_oom, display=Display(out, live), command=command)
+                      retry=RetryPolicy.load(exp_dir, oom=retry_oom, node_fail=retry_node_fail),
+                      display=Display(out, live), command=command)
     state = monitor.state
     if not monitor.runs:
         raise CkError("experiment_dir", str(exp_dir), f"has no scaffolded run (no */{SCRIPT_NAME})",
@@ -626,9 +670,9 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
         raise CkError("executor", executor_obj.name, f"these jobs were submitted with the {state.executor} executor",
                       f"use --executor {state.executor}")
     ended = monitor.check_rerun(rerun or [])
-    oom_to_retry = [name for name, _ in monitor.runs if (run := state.runs.get(name)) is not None
-                    and run.state == "OOM" and run.oom_retries < retry_oom]
-    if monitor.unsubmitted() or rerun or oom_to_retry:
+    to_retry = [name for name, _ in monitor.runs if (run := state.runs.get(name)) is not None and run.job_id
+                and monitor.retry.decide(run.state, run.oom_retries, run.node_fail_retries).action != NO_RETRY]
+    if monitor.unsubmitted() or rerun or to_retry:
         executor_obj.preflight()  # nothing is recorded before the scheduler answers
     executor_obj.resume_queue()
     state.executor = executor_obj.name
@@ -642,8 +686,8 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
         monitor.display.message(f"{_clock()} reattached: {len(monitor.live_runs())} live job(s), "
                                 f"{len(monitor.unsubmitted())} run(s) to submit")
     state.save()
-    for name in oom_to_retry:  # ended OOM before --retry-oom was given (or while nobody watched)
-        monitor.resubmit_after_oom(name, state.runs[name])
+    for name in to_retry:  # ended before the policy allowed a retry (e.g. --retry-oom given now)
+        monitor.apply_retry_policy(name, state.runs[name])
 
     pass_logged = not monitor.unsubmitted()
     try:
@@ -651,7 +695,8 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
             for name in monitor.unsubmitted():
                 if max_submit is not None and len(monitor.live_runs()) >= max_submit:
                     break
-                monitor.submit(name)
+                if not monitor.submit(name):
+                    break  # the scheduler's submit cap: the rest wait for the next poll
                 if stagger and monitor.unsubmitted():
                     _sleep(stagger)
             if not pass_logged and not monitor.unsubmitted():

@@ -398,6 +398,8 @@ class RunConfig(BaseModel):
                                   derived="settings slurm_partition")
     constraint: OptionalLine = key(help="#SBATCH --constraint (omitted when unset)", group=_S, example="a100",
                                    derived="settings slurm_constraint")
+    qos: OptionalLine = key(help="#SBATCH --qos (omitted when unset); a QOS submit cap makes `ck run` wait, not fail",
+                            group=_S, example="capped", derived="settings slurm_qos")
     conda_env: OptionalLine = key(help="conda environment activated before training (not with venv)", group=_S,
                                   example="cruijff", derived="settings conda_env")
     venv: OptionalPath = key(help="virtualenv activated before training (not with conda_env): a NAME without '/' is "
@@ -697,6 +699,7 @@ DERIVED: dict[str, Callable[[_Context], Any]] = {
     "account": lambda c: c.setting("slurm_account"),
     "partition": lambda c: c.setting("slurm_partition"),
     "constraint": lambda c: c.setting("slurm_constraint"),
+    "qos": lambda c: c.setting("slurm_qos"),
     "conda_env": lambda c: c.setting("conda_env"),
     "venv": lambda c: c.setting("venv"),
     "modules": lambda c: c.setting("modules"),

@@ -146,6 +146,7 @@ def setup_for_run(exp: Experiment, run: RunPlan, settings: Any) -> dict[str, Any
         "account": settings.slurm_account,
         "partition": settings.slurm_partition,
         "constraint": settings.slurm_constraint,
+        "qos": settings.slurm_qos,
         "venv": venv,
         "conda_env": conda_env,
         "modules": list(settings.modules),

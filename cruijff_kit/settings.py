@@ -176,6 +176,7 @@ KEYS: dict[str, _Key] = {
     "slurm_account": _Key(_as_optional_str, lambda _: None, "#SBATCH --account (default: none)"),
     "slurm_partition": _Key(_as_optional_str, lambda _: None, "#SBATCH --partition (default: none)"),
     "slurm_constraint": _Key(_as_optional_str, lambda _: None, "#SBATCH --constraint (default: none)"),
+    "slurm_qos": _Key(_as_optional_str, lambda _: None, "#SBATCH --qos (default: none)"),
     "slurm_time": _Key(normalize_slurm_time, lambda _: "01:00:00",
                        "default job time limit HH:MM:SS (a preset's own time is used unless you set this)"),
     "slurm_mem": _Key(normalize_slurm_mem, lambda _: "32G",

@@ -641,6 +641,7 @@ def summarize_experiment(exp_dir: str | os.PathLike, *, write: bool = True, plot
             _draw_sweep_plots(exp_path, result, exp, ran)
         result.summary_json = str(atomic_write_json(exp_path / SUMMARY_JSON, result.to_dict()))
         set_section(exp_path / SUMMARY_NAME, RESULTS_HEADING, results_markdown(result))
+        _write_accounting(exp_path, exp, job_states)
     return result
 
 
@@ -702,6 +703,16 @@ def _draw_sweep_plots(exp_path: Path, result: ExperimentSummary, exp: Experiment
         path = plots.plot_all_validation(exp_path / PLOTS_DIR / "validation_curves.png",
                                          [(s.name, m, s.floor_nats) for s, m in by_name.values()])
         result.sweep_plots.append(f"{PLOTS_DIR}/{path.name}")
+
+
+def _write_accounting(exp_path: Path, exp: Experiment, job_states: dict) -> None:
+    """`## Accounting` (cruijff_kit.accounting) when the runs were launched by `ck run`."""
+    if job_states:
+        from cruijff_kit.accounting import ACCOUNTING_HEADING, accounting_markdown
+        from cruijff_kit.monitor import RunStateFile
+
+        executor = RunStateFile.load(exp_path).executor
+        set_section(exp_path / SUMMARY_NAME, ACCOUNTING_HEADING, accounting_markdown(exp, job_states, executor))
 
 
 def _compare(exp: Experiment, runs: list[RunSummary]) -> list[str]:

@@ -320,7 +320,13 @@ def test_tune_run_killed_run_resumes_from_saved_epoch(tmp_path, tiny_dir, data_f
     resumed = subprocess.run(tune + ["resume_from_checkpoint=True"], cwd=REPO, env=subprocess_env(),
                              capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    events = read_metrics(out)[len(first):]
+    assert any(e["epoch"] == 1 for e in first if e["event"] == "train")  # the killed job had logged part of epoch 1
+    metrics = read_metrics(out)
+    # metrics.jsonl keeps epoch 0 of the killed job and then the resumed run: every step once
+    train_steps = [e["step"] for e in metrics if e["event"] == "train"]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 2 * steps_per_epoch
+    assert [e for e in metrics if e["epoch"] == 0] == [e for e in first if e["epoch"] == 0]
+    events = metrics[len([e for e in first if e["epoch"] == 0]):]
     train = [e for e in events if e["event"] == "train"]
     assert train[0]["epoch"] == 1 and train[0]["step"] == steps_per_epoch + 1
     assert events[-1] == {**events[-1], "event": "end", "steps": 2 * steps_per_epoch}

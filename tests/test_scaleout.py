@@ -57,7 +57,7 @@ def test_one_process_script_is_the_seeds(tmp_path, settings):
     slurm = render(tmp_path, settings).files["finetune.slurm"]
     root, recipe = sf.recipe_invocation(rc.DEFAULT_RECIPE)
     assert "#SBATCH --nodes=1\n#SBATCH --ntasks=1\n" in slurm and "--ntasks-per-node" not in slurm
-    assert launch_lines(slurm) == [f'tune run {recipe} --config "$RUN_DIR/finetune.yaml"']
+    assert launch_lines(slurm) == [f'tune run {recipe} --config "$RUN_DIR/finetune.yaml" "${{RESUME_ARG[@]}}"']
 
 
 def test_cpu_processes_on_one_node_ask_for_no_gpu(tmp_path, settings):
@@ -65,7 +65,7 @@ def test_cpu_processes_on_one_node_ask_for_no_gpu(tmp_path, settings):
     slurm = result.files["finetune.slurm"]
     _, recipe = sf.recipe_invocation(rc.DISTRIBUTED_RECIPE)
     assert "--gres" not in slurm and "#SBATCH --nodes=1\n" in slurm
-    assert launch_lines(slurm) == [f'tune run --nproc_per_node=2 {recipe} --config "$RUN_DIR/finetune.yaml"']
+    assert launch_lines(slurm) == [f'tune run --nproc_per_node=2 {recipe} --config "$RUN_DIR/finetune.yaml" "${{RESUME_ARG[@]}}"']
     assert result.config.device == "cpu" and result.config.gpus == 0
 
 

@@ -10,8 +10,8 @@ import io
 import json
 import os
 import signal
-import subprocess
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +22,7 @@ from cruijff_kit import explog
 from cruijff_kit.cli import main
 from cruijff_kit.executors import SlurmExecutor
 from cruijff_kit.monitor import STATE_NAME, run_experiment
+from conftest import SLURM_ACCOUNTING, SLURM_DIR, slurm_local
 from test_executors import make_run, wait_terminal
 
 pytestmark = pytest.mark.slurm
@@ -29,7 +30,6 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
 POLL = 0.5
 CK = [sys.executable, "-m", "cruijff_kit"]
-SLURM_DIR = Path(os.environ.get("CK_SLURM_DIR", "/var/lib/ck-slurm"))
 
 
 
@@ -132,7 +132,7 @@ def test_skill_path_scheduler_unreachable_then_started(tmp_path):
     try:
         refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
     finally:
-        start = subprocess.run([str(REPO / "scripts" / "slurm-local"), "start"], capture_output=True, text=True, timeout=120)
+        start = slurm_local("start", timeout=120)
     assert refused.returncode == 2, refused.stderr
     err = refused.stderr.strip()
     assert "\n" not in err and "controller does not answer" in err and "scripts/slurm-local start" in err
@@ -215,18 +215,18 @@ def test_sacct_completion_file_answers_for_jobs_the_controller_forgot(tmp_path):
     info = executor._sacct([job_id])[job_id]
     assert (info.state, info.exit_code) == ("FAILED", 4)
     assert info.ended_at - info.started_at >= 1  # the completion file has the start and end times
-    assert executor._sacct_mode == "jobcomp"  # no accounting database: `sacct -c`
+    # plain sacct from the database when there is one, else `sacct -c` (the job-completion file)
+    assert executor.sacct_mode() == ("db" if SLURM_ACCOUNTING else "jobcomp")
 
 
 def test_slurm_local_start_is_idempotent():
     def daemons() -> dict[str, str]:
-        status = subprocess.run([str(REPO / "scripts" / "slurm-local"), "status"], capture_output=True, text=True,
-                                timeout=60)
+        status = slurm_local("status", timeout=60)
         assert status.returncode == 0 and "debug" in status.stdout, status.stdout + status.stderr
         return dict(re.findall(r"^(\w+): running \(pid (\d+)\)", status.stdout, flags=re.M))
 
     before = daemons()
-    start = subprocess.run([str(REPO / "scripts" / "slurm-local"), "start"], capture_output=True, text=True, timeout=120)
+    start = slurm_local("start", timeout=120)
     assert start.returncode == 0, start.stderr
     after = daemons()
     assert {"munged", "slurmctld", "slurmd"} <= after.keys()
@@ -251,3 +251,62 @@ def test_failing_squeue_keeps_states_and_the_monitor_alive(tmp_path):
     assert read_state(exp)["steady"]["state"] in ("PENDING", "RUNNING")  # not LOST: no answer is not "unknown"
     assert run_experiment(exp, executor="slurm", resume=True, poll=POLL, live=False, out=io.StringIO()) == {"steady": "COMPLETED"}
     assert "POLL_FAILED" in [e.action for e in explog.read_log(exp, "run")]
+
+
+def _metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "logs" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.training
+def test_requeued_training_resumes_from_its_epoch_checkpoint_and_a_finished_one_does_not_train_again(tmp_path, monkeypatch):
+    scratch = tmp_path / "scratch"
+    env = {**os.environ, "CK_SCRATCH": str(scratch), "CK_CONFIG": str(tmp_path / "settings.yaml"),
+           "CK_DATA_DIR": str(tmp_path / "data"), "WANDB_MODE": "offline"}
+    for key in ("CK_SCRATCH", "CK_CONFIG", "CK_DATA_DIR", "WANDB_MODE"):
+        monkeypatch.setenv(key, env[key])  # sbatch exports the submitting environment to the job
+    design = subprocess.run([*CK, "design", "bit-sequences", "--preset", "embedded", "--yes", "--name", "rq",
+                             "--N", "800", "--val-size", "32", "--epochs", "2", "--max-steps-per-epoch", "30"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert design.returncode == 0, design.stderr
+    exp = scratch / "ck-sanity-checks" / "rq"
+    scaffold = subprocess.run([*CK, "scaffold", str(exp)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert scaffold.returncode == 0, scaffold.stderr
+    script = (exp / "parity_run" / "finetune.slurm").read_text()
+    assert "#SBATCH --requeue" in script and "#SBATCH --signal=B:USR1@60" in script
+
+    run_experiment(exp, executor="slurm", detach=True, poll=POLL, live=False, out=io.StringIO())
+    job_id = read_state(exp)["parity_run"]["job_id"]
+    out_dir = scratch / "ck-outputs" / "rq" / "ck-out-parity_run"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and not any(e["event"] == "train" and e["epoch"] == 1 for e in
+                                                  (_metrics(out_dir) if (out_dir / "logs" / "metrics.jsonl").exists() else [])):
+        time.sleep(0.1)
+    assert not (out_dir / "epoch_1").exists(), "epoch 1 finished before the requeue: make the epoch longer"
+    requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30)
+    assert requeue.returncode == 0, requeue.stderr
+    interrupted = _metrics(out_dir)
+
+    out = io.StringIO()
+    final = run_experiment(exp, executor="slurm", resume=True, poll=POLL, live=False, out=out)
+    assert final == {"parity_run": "COMPLETED", "probabilistic_run": "COMPLETED"}, out.getvalue()[-3000:]
+    assert read_state(exp)["parity_run"]["job_id"] == job_id  # SLURM requeued the same job: no resubmission
+    log = (out_dir / f"slurm-{job_id}.out").read_text()
+    assert "epoch checkpoints found: resume" in log and log.index("tune run exited") > log.index("found: resume")
+    metrics = _metrics(out_dir)
+    steps = [e["step"] for e in metrics if e["event"] == "train"]
+    assert steps == sorted(set(steps)), "a step is in metrics.jsonl twice"
+    assert [e for e in metrics if e["epoch"] == 0] == [e for e in interrupted if e["epoch"] == 0]
+    assert metrics[-1]["event"] == "end" and metrics[-1]["steps"] == 60
+    actions = [e.action for e in explog.read_log(exp, "run")]
+    assert not [a for a in actions if a.startswith("JOB_") or a.startswith("RETRY")]
+
+    # requeued after its last epoch: the job starts again, sees the finished training, and stops
+    before = (out_dir / "logs" / "metrics.jsonl").read_text()
+    assert subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=30).returncode == 0
+    # SLURM holds a requeued job back for about CredExpire (120 s) unless told otherwise
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "starttime=now"], capture_output=True, timeout=30)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and "not training again" not in (out_dir / f"slurm-{job_id}.out").read_text():
+        time.sleep(0.3)
+    assert "not training again" in (out_dir / f"slurm-{job_id}.out").read_text()
+    assert (out_dir / "logs" / "metrics.jsonl").read_text() == before

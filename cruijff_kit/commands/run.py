@@ -60,8 +60,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerun", action="append", metavar="RUN", default=[],
                         help="give RUN, whose job has ended (FAILED, CANCELLED, ...), a new job after you fixed "
                              "the cause; the old job stays in the state file's attempts and in the log (repeatable)")
-    parser.add_argument("--retry-oom", type=int, metavar="N", default=0,
-                        help="resubmit a run that ran out of GPU memory up to N times, halving batch_size each time (default 0)")
+    parser.add_argument("--retry-oom", type=int, metavar="N", default=None,
+                        help="resubmit a run that ran out of GPU memory up to N times, halving batch_size each time "
+                             "(default: `oom` in EXP_DIR/retry_policy.yaml, else 0)")
+    parser.add_argument("--retry-node-fail", type=int, metavar="N", default=None,
+                        help="resubmit a run whose job ended NODE_FAIL, PREEMPTED or BOOT_FAIL up to N times; it resumes "
+                             "from its last epoch checkpoint (default: `node_fail` in EXP_DIR/retry_policy.yaml, else 1). "
+                             "Other failures are never retried: fix the cause, then --rerun RUN")
     parser.add_argument("--lost-after", type=_seconds, metavar="S", default=None,
                         help="call a job LOST when no scheduler query knows its id for S seconds (default max(60, 3 x poll))")
     parser.add_argument("--no-live", dest="live", action="store_false", help="no live table; only state changes and the end")
@@ -72,14 +77,15 @@ def run(args: argparse.Namespace) -> int:
     exp_dir = find_experiment_dir(args.exp_dir, settings)
     # jobs already recorded keep the executor they were submitted with, unless a flag says otherwise
     executor = args.executor or RunStateFile.load(exp_dir).executor or settings.executor
-    if args.retry_oom < 0:
-        raise CkError("--retry-oom", args.retry_oom, "must be >= 0", "e.g. --retry-oom 1")
+    for flag, value in (("--retry-oom", args.retry_oom), ("--retry-node-fail", args.retry_node_fail)):
+        if value is not None and value < 0:
+            raise CkError(flag, value, "must be >= 0", f"e.g. {flag} 1")
     poll = args.poll if args.poll is not None else DEFAULT_POLL
     if poll <= 0:
         raise CkError("--poll", poll, "must be > 0 seconds", "e.g. --poll 15")
     states = run_experiment(exp_dir, executor=executor, max_submit=args.max_submit, stagger=args.stagger,
                             poll=poll, detach=args.detach, resume=args.resume, live=args.live,
-                            retry_oom=args.retry_oom, lost_after=args.lost_after, max_local_jobs=settings.max_local_jobs,
+                            retry_oom=args.retry_oom, retry_node_fail=args.retry_node_fail, lost_after=args.lost_after, max_local_jobs=settings.max_local_jobs,
                             rerun=args.rerun, command=getattr(args, "command_line", None))
     # with --detach only runs that already ended badly count; otherwise every run must have COMPLETED
     failed = {run: state for run, state in states.items()

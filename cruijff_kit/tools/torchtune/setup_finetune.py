@@ -203,7 +203,7 @@ def render_finetune_slurm(config: RunConfig, run_dir: Path) -> str:
         "mem": sbatch_value(config.mem, "mem"),
         "output": sbatch_value(slurm_log, "output_dir_base"),
     }
-    for key in ("account", "partition", "constraint"):
+    for key in ("account", "partition", "constraint", "qos"):
         value = getattr(config, key)
         sbatch[key] = sbatch_value(value, key) if value else None
     recipe_root, recipe = recipe_invocation(config.custom_recipe)

@@ -176,11 +176,30 @@ def exit_code_of(main) -> int:
 class MetricsJsonl:
     """metrics.jsonl: one JSON object per event, appended and flushed at once (monitor tails it)."""
 
-    def __init__(self, path: str | os.PathLike, start: float):
+    def __init__(self, path: str | os.PathLike, start: float, resumed_epochs: int | None = None):
+        """A new file for a run from the start; on resume after `resumed_epochs` epochs, the lines of
+        those epochs are kept (a killed or requeued job's later lines go), so each step is in it once."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [line for line in self._lines() if self._before(line, resumed_epochs)] if resumed_epochs else []
+        with open(self.path, "w") as fresh:
+            fresh.writelines(line + "\n" for line in kept)
         self._file = open(self.path, "a", buffering=1)
         self._start = start
+
+    def _lines(self) -> list[str]:
+        try:
+            return self.path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+
+    @staticmethod
+    def _before(line: str, epochs: int) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False  # a half-written last line
+        return isinstance(record, dict) and record.get("event") != "end" and int(record.get("epoch", epochs)) < epochs
 
     def write(self, event: str, step: int, epoch: int, **fields) -> None:
         record = {"event": event, "step": step, "epoch": epoch,
@@ -338,7 +357,8 @@ class ValidatingRecipe:
         self._use_full_logits_when_small(cfg)
         self._fix_resumed_step_count(cfg)
         self._train_start = time.perf_counter()
-        self._metrics = MetricsJsonl(self._metrics_log_path, self._train_start) if self._ranks.is_main else None
+        resumed = self.epochs_run if self._resume_from_checkpoint else None
+        self._metrics = MetricsJsonl(self._metrics_log_path, self._train_start, resumed) if self._ranks.is_main else None
         if self._ranks.is_main:
             self._metric_logger = CapturedTrainRow(self._metric_logger)
         self._answers = AnswerTap(self._model, assistant_header_ids(self._tokenizer), self._device)
