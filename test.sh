@@ -3,7 +3,8 @@
 # SLURM tests start a local SLURM themselves (scripts/slurm-local).
 #
 #   ./test.sh                 the full suite (CI runs exactly this)
-#   ./test.sh --fast          the fast tier for every change: no SLURM, no training, nothing marked slow
+#   ./test.sh --fast          the fast tier for every change: no SLURM, no training, nothing marked slow;
+#                             two workers (pytest-xdist), one test file per worker
 #   ./test.sh --random-order  the full suite in a shuffled order (proves the tests are independent)
 # Other arguments go to pytest.
 set -uo pipefail
@@ -13,7 +14,7 @@ cd "$ROOT"
 args=()
 for arg in "$@"; do
   case "$arg" in
-    --fast) args+=(-m "not slurm and not training and not slow") ;;
+    --fast) args+=(-m "not slurm and not training and not slow" -n 2 --dist loadfile) ;;
     --random-order) args+=(--random-order) ;;
     *) args+=("$arg") ;;
   esac
