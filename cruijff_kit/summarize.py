@@ -686,18 +686,17 @@ def _draw_sweep_plots(exp_path: Path, result: ExperimentSummary, exp: Experiment
     from cruijff_kit import plots
 
     by_name = {s.name: (s, m) for s, m in curves}
+    run_args = {r.name: r.dataset.args() for r in exp.runs}
+    sweep_plots = {  # verdict -> (the values it plotted, plot function, file)
+        "convergence speed": ("steps", plots.plot_steps_to_target, "steps_to_target.png"),
+        "floor curve": ("final_loss", plots.plot_floor_curve, "floor_curve.png"),
+    }
     for v in result.experiment_verdicts:
-        if v.check == "convergence speed":
-            run_args = {r.name: r.dataset.args() for r in exp.runs}
+        if v.check in sweep_plots:
+            values, plot, file_name = sweep_plots[v.check]
             axis = v.detail["axis"]
-            points = [(float(getattr(run_args[n], axis)), steps, n) for n, steps in v.detail["steps"].items()]
-            path = plots.plot_steps_to_target(exp_path / PLOTS_DIR / "steps_to_target.png", points, axis)
-            result.sweep_plots.append(f"{PLOTS_DIR}/{path.name}")
-        if v.check == "floor curve":
-            run_args = {r.name: r.dataset.args() for r in exp.runs}
-            axis = v.detail["axis"]
-            points = [(float(getattr(run_args[n], axis)), loss, n) for n, loss in v.detail["final_loss"].items()]
-            path = plots.plot_floor_curve(exp_path / PLOTS_DIR / "floor_curve.png", points, axis)
+            points = [(float(getattr(run_args[n], axis)), y, n) for n, y in v.detail[values].items()]
+            path = plot(exp_path / PLOTS_DIR / file_name, points, axis)
             result.sweep_plots.append(f"{PLOTS_DIR}/{path.name}")
     if len(by_name) > 2:
         path = plots.plot_all_validation(exp_path / PLOTS_DIR / "validation_curves.png",
