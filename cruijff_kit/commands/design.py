@@ -128,7 +128,8 @@ def _list_or_one(cast, flag: str):
         try:
             values = [cast(t) for t in items]
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r}: each value must be a {getattr(cast, '__name__', 'value')}; "
+            kind = {"int": "a whole number", "float": "a number"}.get(getattr(cast, "__name__", ""), "a value")
+            raise argparse.ArgumentTypeError(f"{text!r}: each value must be {kind}; "
                                              f"fix: e.g. {flag} 4,6,8") from None
         return values if len(values) > 1 else values[0]
     parse.__name__ = getattr(cast, "__name__", "value")
