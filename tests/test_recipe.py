@@ -462,7 +462,7 @@ def test_early_stop_ends_once_the_target_held_and_saves(tmp_path, tiny_dir, data
     end = events[-1]
     assert end["event"] == "end" and end["steps"] == 6 and "2 consecutive validations" in end["stopped_early"]
     val = [e for e in events if e["event"] == "val"]
-    assert [e["step"] for e in val] == [3, 6, 6] and val[-1]["final"]
+    assert [e["step"] for e in val] == [3, 6] and val[-1]["final"]  # the stop step's row once, as the final one
     assert (out / "logs" / "val_predictions.jsonl").is_file()
     assert (out / "epoch_0" / "adapter_model.safetensors").is_file()
     # early_stop_after 50: more validations than one epoch has, so the run trains to its end

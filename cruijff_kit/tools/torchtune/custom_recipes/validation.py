@@ -428,8 +428,11 @@ class ValidatingRecipe:
         every = self._run_val_every_n_steps
         is_last_step = self.global_step == self.total_epochs * self._steps_per_epoch
         if every and self.global_step % every == 0 and not is_last_step:
-            self.validate(self.epochs_run)  # the last step's validation is the final one, after train()
+            # the last step's validation is the final one, after train(); so is the one an early stop ends on
+            # (train() validates that step again as the final one): each step's row is written once
+            scalars = self.validate(self.epochs_run, record=False)
             self._check_early_stop()
+            self._record_validation(scalars, self.epochs_run)
 
     def _check_early_stop(self) -> None:
         """Every rank sees the same all_reduced accuracy, so every rank stops at the same step."""
@@ -490,8 +493,9 @@ class ValidatingRecipe:
         )
 
     @torch.no_grad()
-    def validate(self, epoch: int, final: bool = False) -> dict | None:
-        """Loss over the training token set and answer-token metrics over the validation rows (all ranks)."""
+    def validate(self, epoch: int, final: bool = False, record: bool = True) -> dict | None:
+        """Loss over the training token set and answer-token metrics over the validation rows (all ranks);
+        with `record`, rank 0 writes them (W&B, metrics.jsonl, and for the final one the predictions)."""
         started = time.perf_counter()
         indices, batches = self._val_shard()
         train_meter, self._answers.meter = self._answers.meter, AnswerMeter()
@@ -524,15 +528,22 @@ class ValidatingRecipe:
             "val_answer_acc": correct / count if count else float("nan"),
             "val_examples": self._val_rows(),
         }
-        self._metric_logger.logger.log_dict(scalars, step=self.global_step)
-        self._metrics.write("val", self.global_step, epoch, final=final, **scalars)
-        if final:
-            self._write_predictions(sorted(predictions, key=lambda p: p["index"]))
         log.info(f"Validation at step {self.global_step}{' (final)' if final else ''}: "
                  f"val_loss {scalars['val_loss']:.4f}, answer loss {scalars['val_answer_loss']:.4f}, "
                  f"answer acc {scalars['val_answer_acc']:.4f} on {scalars['val_examples']} rows "
                  f"in {time.perf_counter() - started:.2f}s")
+        if record:
+            self._record_validation(scalars, epoch, final, predictions)
         return scalars
+
+    def _record_validation(self, scalars: dict | None, epoch: int, final: bool = False,
+                           predictions: list | None = None) -> None:
+        if scalars is None:  # not rank 0
+            return
+        self._metric_logger.logger.log_dict(scalars, step=self.global_step)
+        self._metrics.write("val", self.global_step, epoch, final=final, **scalars)
+        if final:
+            self._write_predictions(sorted(predictions or [], key=lambda p: p["index"]))
 
     def _val_rows(self) -> int:
         """Rows evaluated: the first max_val_batches * batch_size_val of the file, or all."""
