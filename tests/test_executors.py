@@ -159,9 +159,13 @@ def test_local_states_only_read(tmp_path):
     assert not (tmp_path / "jobs").exists()  # asking about a directory with no jobs creates nothing
     job = executor.submit(run_dir)
     wait_terminal(executor, [job.id])
-    while executor.supervisor_running():
-        time.sleep(0.1)
-    files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "jobs").iterdir()}
+    def snapshot() -> dict:
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "jobs").iterdir()}
+
+    files = None
+    while executor.supervisor_running() or files != snapshot():  # the supervisor has finished its last write
+        files = snapshot()
+        time.sleep(0.3)
     for _ in range(3):
         assert executor.states([job.id, "local-9"])[job.id].state == "COMPLETED"
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "jobs").iterdir()} == files

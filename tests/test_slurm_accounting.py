@@ -121,6 +121,7 @@ class CountingExecutor(SlurmExecutor):
             self.per_poll.append(self.query_count - before)
 
 
+@pytest.mark.unstable
 def test_a_job_purged_from_squeue_gets_its_true_state_from_the_database(on_accounting, tmp_path):
     exp = tmp_path / "exp"
     make_run(exp, "fails", "exit 3")
