@@ -215,20 +215,24 @@ def sweep_runs(check: SanityCheck, preset_runs: dict[str, dict], options: dict[s
     return out
 
 
+def planned_steps(run) -> int | None:
+    """Optimizer steps the plan gives a run: ceil(training rows / batch size) x epochs (None when the check's
+    arguments do not say how many rows it generates)."""
+    args = run.dataset.args()
+    rows = getattr(args, "N", None)
+    if rows is None:
+        return None
+    val = getattr(args, "val_size", 0) or 0
+    return -(-(rows - val) // max(run.hyper.batch_size, 1)) * run.hyper.epochs
+
+
 def plan_size_text(exp: Experiment, settings: Settings) -> tuple[str, str | None]:
     """One line with the run count and the compute estimate, and a warning when the run set is too large
     for the executor that `ck run` would use (None when it is not)."""
     from cruijff_kit.settings import slurm_time_seconds
 
     runs = exp.runs
-    steps = 0
-    for run in runs:
-        args = run.dataset.args()
-        rows = getattr(args, "N", None)
-        val = getattr(args, "val_size", 0) or 0
-        if rows is not None:
-            per_epoch = -(-(rows - val) // max(run.hyper.batch_size, 1))
-            steps += per_epoch * run.hyper.epochs
+    steps = sum(planned_steps(run) or 0 for run in runs)
     limit_hours = sum(slurm_time_seconds(r.compute.time) for r in runs) / 3600
     gpu_hours = sum(r.compute.gpus * slurm_time_seconds(r.compute.time) for r in runs) / 3600
     executor = settings.executor

@@ -134,6 +134,19 @@ def log_tail(path: Path, lines: int = 15, tail_bytes: int = 65536) -> list[str]:
     return text.splitlines()[-lines:]
 
 
+ERROR_LINE_RE = re.compile(
+    r"Traceback \(most recent call last\)|terminate called|what\(\):|^\s*(\[rank\d+\]:\s*)?[\w.]*(Error|Exception)\b:|"
+    r"Aborted|Segmentation fault|Killed|out of memory|CANCELLED AT|DUE TO (TIME LIMIT|PREEMPTION|NODE FAILURE)")
+
+
+def first_error_lines(path: Path, lines: int = 6, tail_bytes: int = 1 << 20) -> list[str]:
+    """The first lines of a log's last MiB that look like a cause (a traceback start, an exception line,
+    a C++ `terminate called` / `what():`, a signal, a scheduler's CANCELLED line), in log order. The tail
+    of a torchrun log is its summary of the processes; the cause sits earlier, in the rank that failed."""
+    found = [line for line in log_tail(path, 1 << 30, tail_bytes) if ERROR_LINE_RE.search(line)]
+    return [line[:300] for line in found[:lines]]
+
+
 def our_state(facts: JobInfo, log: Path | None) -> JobInfo:
     """The one rule from a scheduler's facts to the state cruijff_kit reports.
 

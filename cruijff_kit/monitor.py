@@ -45,7 +45,7 @@ from cruijff_kit import explog
 from cruijff_kit.inputs import load_json, load_yaml_mapping, read_text
 from cruijff_kit.errors import CkError
 from cruijff_kit.executors import (
-    SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SubmitError, SubmitLimited, is_terminal, log_tail,
+    SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SubmitError, SubmitLimited, first_error_lines, is_terminal, log_tail,
     make_executor, sbatch_options,
 )
 from cruijff_kit.fsutil import atomic_write_json, atomic_write_text
@@ -540,12 +540,16 @@ class Monitor:
     def _report_failure(self, name: str, run: RunState, job: Job) -> None:
         log = job.log
         tail = log_tail(log)
+        causes = [line for line in first_error_lines(log) if line not in tail]
         code = "-" if run.exit_code is None else str(run.exit_code)
         self.display.message(f"{name}: job {run.job_id} {run.state}, exit code {code}; {run.message or ''}\n"
-                             f"  last lines of {log}:\n" + ("\n".join("    " + line for line in tail) or "    (no log)"))
+                             + (f"  first error lines of {log}:\n" + "\n".join("    " + line for line in causes) + "\n"
+                                if causes else "")
+                             + f"  last lines of {log}:\n" + ("\n".join("    " + line for line in tail) or "    (no log)"))
         self.log(f"JOB_{run.state}", f"{name} job {run.job_id} ended {run.state}",
                  command=f"tail {log}", result=f"exit code {code}",
-                 explanation=(run.message or "-") + " | last log line: " + (tail[-1] if tail else "(no log)"),
+                 explanation=(run.message or "-") + (f" | first error line: {causes[0]}" if causes else "")
+                 + " | last log line: " + (tail[-1] if tail else "(no log)"),
                  extra={"Job ID": run.job_id, "Exit code": code})
         self.apply_retry_policy(name, run)
 

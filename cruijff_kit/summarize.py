@@ -641,7 +641,7 @@ def summarize_experiment(exp_dir: str | os.PathLike, *, write: bool = True, plot
             _draw_sweep_plots(exp_path, result, exp, ran)
         result.summary_json = str(atomic_write_json(exp_path / SUMMARY_JSON, result.to_dict()))
         set_section(exp_path / SUMMARY_NAME, RESULTS_HEADING, results_markdown(result))
-        _write_accounting(exp_path, exp, job_states)
+        _write_accounting(exp_path, exp, job_states, {s.name: s.steps for s in runs})
     return result
 
 
@@ -704,14 +704,14 @@ def _draw_sweep_plots(exp_path: Path, result: ExperimentSummary, exp: Experiment
         result.sweep_plots.append(f"{PLOTS_DIR}/{path.name}")
 
 
-def _write_accounting(exp_path: Path, exp: Experiment, job_states: dict) -> None:
+def _write_accounting(exp_path: Path, exp: Experiment, job_states: dict, steps_run: dict) -> None:
     """`## Accounting` (cruijff_kit.accounting) when the runs were launched by `ck run`."""
     if job_states:
         from cruijff_kit.accounting import ACCOUNTING_HEADING, accounting_markdown
         from cruijff_kit.monitor import RunStateFile
 
         executor = RunStateFile.load(exp_path).executor
-        set_section(exp_path / SUMMARY_NAME, ACCOUNTING_HEADING, accounting_markdown(exp, job_states, executor))
+        set_section(exp_path / SUMMARY_NAME, ACCOUNTING_HEADING, accounting_markdown(exp, job_states, executor, steps_run))
 
 
 def _compare(exp: Experiment, runs: list[RunSummary]) -> list[str]:

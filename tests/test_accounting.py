@@ -40,3 +40,27 @@ def test_summary_gets_an_accounting_section_with_planned_and_used_time(tmp_path)
     assert "| local-1 | COMPLETED |" in rows["parity_run"] and "| 1:02:03 |" in rows["parity_run"]
     assert "| - | NOT_SUBMITTED |" in rows["probabilistic_run"]
     assert "no accounting database" in section and "used 1:02:03" in section
+
+
+def test_accounting_sets_each_runs_planned_steps_beside_the_steps_it_ran(tmp_path):
+    from cruijff_kit.design import planned_steps
+    from cruijff_kit.experiment import Experiment
+    from cruijff_kit.monitor import RunState, RunStateFile
+
+    exp_dir = _write_experiment(tmp_path, _healthy_runs())
+    state = RunStateFile(exp_dir)
+    state.executor = "local"
+    state.runs = {"parity_run": RunState(job_id="local-1", state="COMPLETED", exit_code=0)}
+    state.save()
+    result = summarize_experiment(exp_dir, plots=False)
+    ran = {r.name: r.steps for r in result.runs}
+    plan = {r.name: planned_steps(r) for r in Experiment.load(exp_dir).runs}
+    args = {r.name: r.dataset.args() for r in Experiment.load(exp_dir).runs}
+    hyper = {r.name: r.hyper for r in Experiment.load(exp_dir).runs}
+    for name, steps in plan.items():  # ceil(training rows / batch) x epochs
+        rows = args[name].N - args[name].val_size
+        assert steps == -(-rows // hyper[name].batch_size) * hyper[name].epochs
+    section = (exp_dir / "experiment_summary.md").read_text().split("## Accounting", 1)[1]
+    for name in plan:
+        assert f"| {name} | " in section and f"| {plan[name]} / {ran[name]} |" in section
+    assert f"{sum(ran.values())} of {sum(plan.values())} planned optimizer steps run" in section

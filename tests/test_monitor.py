@@ -99,6 +99,22 @@ def test_run_experiment_records_jobs_logs_and_failures(kind, tmp_path):
     assert actions(exp).count("SUBMIT_JOB") == 2
 
 
+def test_a_failure_shows_the_cause_buried_above_the_logs_tail(tmp_path):
+    """torchrun ends a failed job's log with its summary of the processes; the rank's own error line, which
+    says why, sits further up. The failure report and the run log show it."""
+    exp = tmp_path / "exp"
+    cause = "terminate called after throwing an instance of 'gloo::IoException'"
+    summary = "\n".join(f"echo 'summary line {i}'" for i in range(30))
+    make_run(exp, "crash", f"echo 'step 1 loss 0.5'\necho \"{cause}\"\necho 'Aborted (core dumped)'\n{summary}\nexit 1")
+    out = io.StringIO()
+    assert run_experiment(exp, executor="local", poll=POLL, out=out) == {"crash": "FAILED"}
+    report = out.getvalue().split("first error lines of", 1)[1].split("last lines of", 1)
+    assert cause in report[0] and "Aborted (core dumped)" in report[0] and "step 1 loss" not in report[0]
+    assert "summary line 29" in report[1] and cause not in report[1]
+    failed = [e for e in explog.read_log(exp, "run") if e.action == "JOB_FAILED"]
+    assert cause in failed[0].fields["Explanation"]
+
+
 @pytest.mark.parametrize("kind", EXECUTORS)
 def test_killed_monitor_is_resumed_without_resubmitting(kind, tmp_path):
     exp = tmp_path / "exp"
