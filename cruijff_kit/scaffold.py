@@ -30,6 +30,7 @@ from cruijff_kit.fsutil import check_writable_dir
 from cruijff_kit.inputs import load_json
 from cruijff_kit.markdown_sections import set_section
 from cruijff_kit.models.registry import get_model, model_dir_for, resolve_model
+from cruijff_kit.models.verify import checkpoint_files_for
 from cruijff_kit.settings import load_settings
 from cruijff_kit.tools.torchtune.setup_finetune import (SETUP_FILE, RenderResult, render_run,
                                                        settings_environment)
@@ -177,7 +178,8 @@ def validate_dataset(run: RunPlan, path: Path) -> None:
 
 def _model_ready(models_dir: Path, name: str) -> bool:
     spec, model_dir = resolve_model(name), model_dir_for(name, models_dir)
-    return all((model_dir / f).is_file() for f in spec.checkpoint_files) and (model_dir / spec.tokenizer_file).is_file()
+    return (all((model_dir / f).is_file() for f in checkpoint_files_for(model_dir, spec))
+            and (model_dir / spec.tokenizer_file).is_file())
 
 
 def scaffold_experiment(exp_dir: str | os.PathLike, *, force: bool = False, settings: Any = None,

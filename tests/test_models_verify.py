@@ -11,10 +11,13 @@ import os
 import shutil
 
 import pytest
+import yaml
 
 from cruijff_kit.cli import main
 from cruijff_kit.models.random_init import LLAMA_3_2_1B_INSTRUCT_CONFIG, SEED_MODEL, llama3_tokenizer_file, safetensors_header
 from cruijff_kit.models.registry import MODELS
+from cruijff_kit.run_config import resolve
+from cruijff_kit.tools.torchtune.setup_finetune import render_finetune_yaml
 from cruijff_kit.models.verify import INDEX_FILE, checkpoint_files_for, expected_tensor_shapes, verify_model_dir
 
 TINY = "ck-tiny-llama"
@@ -130,7 +133,15 @@ def test_a_sharded_checkpoint_with_its_index_passes(tiny, capsys):
     (tiny / "model.safetensors").unlink()
     report = verify_model_dir(tiny)
     assert report.ok and report.checkpoint_files == sorted(shards)
-    assert checkpoint_files_for(tiny, MODELS[TINY]) == sorted(shards)  # what the renderer should list
+    assert checkpoint_files_for(tiny, MODELS[TINY]) == sorted(shards)  # what the renderer lists
+    rendered = yaml.safe_load(render_finetune_yaml(resolve({"model": str(tiny), "dataset_label": "d", "my_wandb_project": "p"}, tiny.parent)))
+    assert rendered["checkpointer"]["checkpoint_files"] == sorted(shards)
+    # and torchtune's own checkpointer loads the shards back into one state dict
+    from torchtune.training import FullModelHFCheckpointer
+
+    checkpointer = FullModelHFCheckpointer(checkpoint_dir=str(tiny), checkpoint_files=sorted(shards),
+                                           model_type="LLAMA3", output_dir=str(tiny.parent / "out"))
+    assert len(checkpointer.load_checkpoint()["model"]) == len(tensors)
 
     (tiny / "model-00002-of-00002.safetensors").unlink()
     code, lines = verify_lines(tiny, capsys)

@@ -42,6 +42,7 @@ from cruijff_kit import run_config
 from cruijff_kit.errors import CkError
 from cruijff_kit.fsutil import atomic_write_text, check_writable_dir
 from cruijff_kit.inputs import load_yaml_mapping, read_text
+from cruijff_kit.models.verify import checkpoint_files_for
 from cruijff_kit.run_config import (DEFAULT_RECIPE, SETUP_FILE, RunConfig, model_spec, output_dir, resolve,
                                     settings_environment, validate_given)
 
@@ -138,7 +139,7 @@ def recipe_invocation(name: str) -> tuple[str | None, str]:
     return str(root), str(path.relative_to(root))
 
 
-def run_paths(config: RunConfig) -> dict[str, Path | None]:
+def run_paths(config: RunConfig) -> dict[str, Any]:
     spec = model_spec(config.model)
     model_dir = Path(config.model) if os.path.isabs(config.model) else Path(config.models_dir) / spec.name
     input_dir = Path(config.input_dir_base)
@@ -149,6 +150,7 @@ def run_paths(config: RunConfig) -> dict[str, Path | None]:
         "input_dir": input_dir,
         "data_file": input_dir / f"{config.dataset_label}{config.dataset_ext}",
         "model_dir": model_dir,
+        "checkpoint_files": checkpoint_files_for(model_dir, spec),  # one file, or the shards its index names
         "tokenizer": model_dir / spec.tokenizer_file,
         "special_tokens": model_dir / spec.special_tokens_file if spec.special_tokens_file else None,
     }
