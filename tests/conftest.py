@@ -40,6 +40,15 @@ def _isolated_settings(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The embedded tiny model (seed 0), built once per session (per xdist worker). Read-only: a test that
+    plants a fault copies it first."""
+    from cruijff_kit.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models"), seed=0)
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster() -> str:
     """Starts (idempotently) the local SLURM once per session; returns the node name."""
     if os.geteuid() != 0:

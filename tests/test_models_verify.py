@@ -23,17 +23,10 @@ from cruijff_kit.models.verify import INDEX_FILE, checkpoint_files_for, expected
 TINY = "ck-tiny-llama"
 
 
-@pytest.fixture(scope="module")
-def built_tiny(tmp_path_factory):
-    from cruijff_kit.models.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("models"), seed=0)
-
-
 @pytest.fixture
-def tiny(built_tiny, tmp_path):
+def tiny(tiny_dir, tmp_path):
     """A fresh copy of the tiny model to plant a fault in."""
-    return shutil.copytree(built_tiny, tmp_path / "models" / TINY)
+    return shutil.copytree(tiny_dir, tmp_path / "models" / TINY)
 
 
 @pytest.fixture
@@ -286,13 +279,13 @@ def _design_args(tmp_path, model) -> list[str]:
 
 
 @pytest.mark.training
-def test_a_model_directory_anywhere_on_disk_designs_scaffolds_and_runs(built_tiny, tmp_path, capsys):
+def test_a_model_directory_anywhere_on_disk_designs_scaffolds_and_runs(tiny_dir, tmp_path, capsys):
     """A downloaded model lives where the user put it, under any folder name: its absolute path is the
     run's model; config.json picks the builder; design, scaffold and the recipe all use that directory."""
     from cruijff_kit.experiment import Experiment
     from cruijff_kit.monitor import run_experiment
 
-    model = shutil.copytree(built_tiny, tmp_path / "downloads" / "my-small-llama")
+    model = shutil.copytree(tiny_dir, tmp_path / "downloads" / "my-small-llama")
     assert main(_design_args(tmp_path, model)) == 0
     exp_dir = tmp_path / "scratch" / "ck-sanity-checks" / "anywhere"
     assert {run.model for run in Experiment.load(exp_dir).runs} == {str(model)}
@@ -304,8 +297,8 @@ def test_a_model_directory_anywhere_on_disk_designs_scaffolds_and_runs(built_tin
     assert set(states.values()) == {"COMPLETED"}, states
 
 
-def test_a_model_directory_of_no_supported_architecture_is_refused_at_design(built_tiny, tmp_path, capsys):
-    model = shutil.copytree(built_tiny, tmp_path / "downloads" / "odd-model")
+def test_a_model_directory_of_no_supported_architecture_is_refused_at_design(tiny_dir, tmp_path, capsys):
+    model = shutil.copytree(tiny_dir, tmp_path / "downloads" / "odd-model")
     edit_config(model, num_hidden_layers=7)
     assert main(_design_args(tmp_path, model)) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -26,13 +26,6 @@ COMMON_KEYS = {"event", "step", "epoch", "wall_time", "time"}
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from cruijff_kit.models.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("models"), seed=0)
-
-
-@pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "parity.json"
     path.write_text(json.dumps(generate_bit_sequences(6, 120, 20, True, 0.0, 7)))

@@ -9,13 +9,6 @@ import sys
 import pytest
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from cruijff_kit.models.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("models"), seed=0)
-
-
 def test_layout_is_a_hugging_face_model_directory(tiny_dir):
     from cruijff_kit.models.tiny import TINY_DIMS
 
