@@ -936,7 +936,7 @@ class LocalExecutor(Executor):
         alive = job.proc_start is not None and _proc_start_time(job.pid) == job.proc_start
         if alive:  # still running, or its exit code is written and the wrapper is finishing: next look
             return
-        code = _exit_code(exitfile)
+        code = _exit_code_file(exitfile)
         job.ended_at = exitfile.stat().st_mtime if exitfile.exists() else time.time()
         if self._marker(job.job_id).exists():
             final = JobInfo(job.job_id, "TIMEOUT", code, f"time limit of {job.time_limit} s reached")
@@ -969,8 +969,9 @@ class LocalExecutor(Executor):
         return {name: job.job_id for name, job in found.items()}
 
 
-def _exit_code(exitfile: Path) -> int | None:
-    """The exit code the job wrapper wrote; None when absent or not a number (a torn write)."""
+def _exit_code_file(exitfile: Path) -> int | None:
+    """The exit code the job wrapper wrote; None when absent or not a number (a torn write).
+    (Not `_exit_code`: that name is SLURM's `exit:signal` parser above, which this once shadowed.)"""
     try:
         return int(read_text(exitfile, "exit code file").strip())
     except (CkError, ValueError):

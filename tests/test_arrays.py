@@ -101,6 +101,16 @@ def test_array_task_runs_its_run_in_its_directory_logging_where_a_single_job_wou
     assert stray.returncode == 1 and "no run for this task" in stray.stderr
 
 
+def test_sacct_lines_of_array_tasks_keep_their_ids_and_exit_codes():
+    text = ("7_0|COMPLETED|0:0|2026-12-03T09:00:51|2026-12-03T09:00:56\n"
+            "7_1|FAILED|3:0|2026-12-03T09:00:51|2026-12-03T09:00:57\n"
+            "7_2|CANCELLED by 0|0:9|2026-12-03T09:00:51|2026-12-03T09:00:58\n"
+            "8|FAILED|2:0|2026-12-03T09:00:51|2026-12-03T09:00:59\n")
+    infos = SlurmExecutor._parse_sacct(text, ["7_0", "7_1", "7_2"])
+    assert {i: (info.state, info.exit_code) for i, info in infos.items()} == {
+        "7_0": ("COMPLETED", 0), "7_1": ("FAILED", 3), "7_2": ("CANCELLED", 137)}
+
+
 def test_runs_of_different_shapes_never_share_an_array_script(tmp_path):
     a = make_run(tmp_path / "exp", "a", "true")
     b = make_run(tmp_path / "exp", "b", "#SBATCH --mem=128M\ntrue")
