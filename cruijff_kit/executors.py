@@ -9,6 +9,7 @@
     executor.poll([job, ...])                        # {job id: JobInfo in our states} for many jobs, one query
     executor.job(job_id, run_dir)                    # the Job of an id recorded earlier (the monitor's state file)
     executor.find_submitted({"run": run_dir}, since)  # {run: job_id} of jobs submitted from run_dir since then
+    executor.submit_array(script, {0: run_dir, ...}, throttle)   # SLURM: one job array, {task i: "JOBID_i"}
 
 Both read the same finetune.slurm (docs/formats.md): SLURM gets it through `sbatch --parsable`
 (called directly, so a refusal carries sbatch's own message); the local executor runs `bash

@@ -66,6 +66,9 @@ def test_300_runs_under_a_qos_cap_of_20_complete_once_with_one_squeue_and_one_sa
 
     monkeypatch.setattr(monitor.Monitor, "poll_once", timed_poll)
     executor = CountingExecutor()
+    sbatch_calls: list[list[str]] = []  # accepted and refused alike
+    real_sbatch = executor._sbatch
+    monkeypatch.setattr(executor, "_sbatch", lambda args, cwd: sbatch_calls.append(args) or real_sbatch(args, cwd))
     started = time.monotonic()
     final = run_experiment(exp, executor=executor, poll=1.0, live=False, out=io.StringIO(), array=arrays)
     wall = time.monotonic() - started
@@ -87,6 +90,6 @@ def test_300_runs_under_a_qos_cap_of_20_complete_once_with_one_squeue_and_one_sa
     else:
         assert arrays_submitted == 0 and tasks == 0
     print(f"\nload ({'arrays' if arrays else 'single jobs'}): {RUNS} runs, QOS cap {CAP}: {wall:.0f} s wall, "
-          f"{arrays_submitted} arrays holding {tasks} runs, {len(executor.per_poll)} polls, "
+          f"{arrays_submitted} arrays holding {tasks} runs, {len(sbatch_calls)} sbatch calls, {len(executor.per_poll)} polls, "
           f"queries/poll max {max(executor.per_poll)}, SUBMIT_WAIT {waits}; monitor CPU per poll: "
           f"median {1000 * statistics.median(cpu_per_poll):.1f} ms, max {1000 * max(cpu_per_poll):.1f} ms")
