@@ -432,11 +432,13 @@ class Monitor:
         return self._shapes[name]
 
     def _learn_submit_cap(self, live: int, size: int, accepted: bool) -> None:
-        """What a submission says about the scheduler's cap on queued jobs: refused at live + size, so
-        at most live + size - 1; accepted, so at least live + size (the cap changes as the user's
-        other jobs come and go: the latest answer wins)."""
+        """What a submission says about the scheduler's cap on this experiment's queued jobs: refused at
+        live + size, so at most live + size - 1; accepted above the estimate, so at least live + size
+        (the user's other jobs may have ended). Arrays are sized to the estimate; single jobs are
+        always tried, so an estimate that is too low grows back."""
         if not accepted:
-            self._submit_cap = max(live, live + size - 1) if self._submit_cap is None else min(self._submit_cap, live + size - 1)
+            bound = live + size - 1
+            self._submit_cap = bound if self._submit_cap is None else min(self._submit_cap, bound)
         elif self._submit_cap is not None and live + size > self._submit_cap:
             self._submit_cap = live + size
 
