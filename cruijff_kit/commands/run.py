@@ -57,7 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="slurm only: submit the runs that share their #SBATCH resources (all lines but "
                              "job-name/output/error) as one job array each (EXP_DIR/.ck-arrays/*.sbatch; task i runs "
                              "run i, with its log where a single job's goes); every task is tracked as its own job "
-                             "JOBID_i, a run alone in its shape is a single job. Off by default; with --max-submit "
+                             "JOBID_i, a run alone in its shape is a single job. Off by default and not remembered "
+                             "(give it again with --resume for the runs still without a job); with --max-submit "
                              "or a QOS submit cap (which counts every task) arrays go in chunks that fit")
     parser.add_argument("--array-throttle", type=_positive_int, metavar="M", default=None,
                         help="at most M tasks of each array running at once (sbatch --array=...%%M; implies --array; "
