@@ -9,6 +9,7 @@
     executor.poll([job, ...])                        # {job id: JobInfo in our states} for many jobs, one query
     executor.job(job_id, run_dir)                    # the Job of an id recorded earlier (the monitor's state file)
     executor.find_submitted({"run": run_dir}, since)  # {run: job_id} of jobs submitted from run_dir since then
+    executor.submit_array(script, {0: run_dir, ...}, throttle)   # SLURM: one job array, {task i: "JOBID_i"}
 
 Both read the same finetune.slurm (docs/formats.md): SLURM gets it through `sbatch --parsable`
 (called directly, so a refusal carries sbatch's own message); the local executor runs `bash
@@ -216,10 +217,13 @@ def submit_refusal(message: str) -> SubmitError:
 _SBATCH_RE = re.compile(r"^#SBATCH\s+(.*)$")
 
 
-def sbatch_options(script: Path) -> dict[str, str]:
-    """The `#SBATCH --key=value` / `--key value` / `-o value` lines before the first command."""
-    short = {"-o": "output", "-e": "error", "-t": "time", "-J": "job-name"}
-    options: dict[str, str] = {}
+_SHORT_OPTIONS = {"-o": "output", "-e": "error", "-t": "time", "-J": "job-name"}
+
+
+def _sbatch_words(script: Path) -> list[tuple[str | None, str]]:
+    """(long option name, value) of each `#SBATCH` line before the first command; name None for a
+    short option other than -o/-e/-t/-J (its meaning is not read here)."""
+    found: list[tuple[str | None, str]] = []
     for line in read_text(script, SCRIPT_NAME, "re-run `ck scaffold EXP_DIR --force`").splitlines():
         stripped = line.strip()
         if stripped and not stripped.startswith("#"):
@@ -234,10 +238,31 @@ def sbatch_options(script: Path) -> dict[str, str]:
         if key.startswith("--"):
             if "=" in key:
                 key, value = key.split("=", 1)
-            options[key[2:]] = value
-        elif key[:2] in short:
-            options[short[key[:2]]] = key[2:] or value
-    return options
+            found.append((key[2:], value))
+        elif key[:2] in _SHORT_OPTIONS:
+            found.append((_SHORT_OPTIONS[key[:2]], key[2:] or value))
+        else:
+            found.append((None, m.group(1)))
+    return found
+
+
+def sbatch_options(script: Path) -> dict[str, str]:
+    """The `#SBATCH --key=value` / `--key value` / `-o value` lines before the first command."""
+    return {key: value for key, value in _sbatch_words(script) if key is not None}
+
+
+# per run, not per job: what a job array's tasks cannot each have their own of
+ARRAY_PER_RUN_OPTIONS = frozenset({"job-name", "output", "error"})
+
+
+def array_shape(run_dir: Path) -> tuple[tuple[str, str], ...] | None:
+    """The run's sbatch resource options (every `#SBATCH` option but job-name, output and error):
+    runs with equal shapes can be one job array. None: the script cannot go into one (a short
+    option whose meaning is not read here, or an `--array` of its own)."""
+    words = _sbatch_words(_check_run_dir(run_dir))
+    if any(key is None or key == "array" for key, _ in words):
+        return None
+    return tuple(sorted({key: value for key, value in words if key not in ARRAY_PER_RUN_OPTIONS}.items()))
 
 
 def expand_pattern(pattern: str, job_id: str, job_name: str) -> str:
@@ -320,6 +345,18 @@ class Executor(ABC):
         (unix time), ignoring the ids in `exclude`: what a monitor killed between submitting a job
         and recording its id looks for before submitting again. One query for all directories."""
 
+    supports_arrays = False
+
+    def submit_array(self, script: Path, runs: dict[int, Path], throttle: int | None = None) -> dict[int, str]:
+        """Submit `script` (written by write_array_script) as one job array whose task i runs
+        runs[i]; {i: job id of task i} ("JOBID_i"). SubmitError / SubmitLimited as submit()."""
+        raise CkError("--array", self.name, "this executor has no job arrays", "drop --array, or use --executor slurm")
+
+    def find_submitted_array(self, script: Path, since: float, exclude: set[str] = frozenset()) -> dict[int, str]:
+        """{task index: job id} of the tasks of arrays submitted from `script` at or after `since`
+        (find_submitted for job arrays)."""
+        return {}
+
     def usage(self, job_ids: list[str]) -> dict[str, "JobUsage"]:
         """What the ended jobs used, from the scheduler's accounting ({} where it keeps none)."""
         return {}
@@ -392,21 +429,28 @@ class SlurmExecutor(Executor):
             raise CkError("executor", "slurm", f"the SLURM controller does not answer ({answer})", SLURM_UNREACHABLE_FIX)
 
     def submit(self, run_dir: Path, run: str | None = None) -> Job:
-        script = _check_run_dir(run_dir)
-        options = sbatch_options(script)
-        for key in ("output", "error"):
-            if key in options:
-                parent = Path(run_dir, options[key]).parent  # absolute paths replace run_dir
-                if "%" not in str(parent):
-                    parent.mkdir(parents=True, exist_ok=True)  # sbatch does not create it: the job would fail silently
-        proc = self._run(["sbatch", "--parsable", SCRIPT_NAME], cwd=Path(run_dir))
+        _make_log_dirs(run_dir)
+        return self.job(self._sbatch([SCRIPT_NAME], Path(run_dir)), run_dir, run)
+
+    supports_arrays = True
+
+    def submit_array(self, script: Path, runs: dict[int, Path], throttle: int | None = None) -> dict[int, str]:
+        for run_dir in runs.values():
+            _make_log_dirs(run_dir)
+        spec = index_ranges(sorted(runs)) + (f"%{throttle}" if throttle else "")
+        job_id = self._sbatch([f"--array={spec}", script.name], script.parent)
+        return {i: f"{job_id}_{i}" for i in runs}
+
+    def _sbatch(self, args: list[str], cwd: Path) -> str:
+        """`sbatch --parsable ARGS` in cwd; the job id, or submit_refusal(sbatch's message)."""
+        proc = self._run(["sbatch", "--parsable", *args], cwd=cwd)
         if proc.returncode != 0:
             message = " ".join((proc.stderr.strip() or proc.stdout.strip() or f"sbatch exited {proc.returncode}").split())
             raise submit_refusal(message)
         job_id = proc.stdout.strip().split(";")[0]
         if not job_id.isdigit():
             raise SubmitError(f"sbatch printed no job id: {proc.stdout.strip()!r} {proc.stderr.strip()!r}")
-        return self.job(job_id, run_dir, run)
+        return job_id
 
     def states(self, job_ids: list[str]) -> dict[str, JobInfo]:
         ids = [str(j) for j in job_ids]
@@ -420,8 +464,9 @@ class SlurmExecutor(Executor):
 
     def _squeue(self, ids: list[str]) -> dict[str, JobInfo]:
         self.query_count += 1
-        proc = self._run(["squeue", "--noheader", "--states=all", "--jobs=" + ",".join(ids),
-                          "--Format=JobID:|,State:|,Reason:|,exit_code:|,StartTime:|,EndTime:|"])
+        # --array and JobArrayID: an array's tasks one per line as JOBID_i, pending ones included
+        proc = self._run(["squeue", "--noheader", "--array", "--states=all", "--jobs=" + ",".join(ids),
+                          "--Format=JobArrayID:|,State:|,Reason:|,exit_code:|,StartTime:|,EndTime:|"])
         if proc.returncode != 0:
             if "Invalid job id" in proc.stderr:
                 return {}  # a single unknown id makes squeue fail instead of printing nothing
@@ -515,11 +560,93 @@ class SlurmExecutor(Executor):
                 found[name] = (when, job_id.strip())
         return {name: job_id for name, (_, job_id) in found.items()}
 
+    def find_submitted_array(self, script: Path, since: float, exclude: set[str] = frozenset()) -> dict[int, str]:
+        name = sbatch_options(script).get("job-name", script.name)
+        proc = self._run(["squeue", "--noheader", "--array", "--states=all", f"--user={os.getuid()}", f"--name={name}",
+                          "--Format=JobArrayID:|,SubmitTime:|,WorkDir:|"])
+        if proc.returncode != 0:
+            raise CkError("squeue", proc.returncode, " ".join(proc.stderr.split()) or "failed",
+                          "check the controller: `scripts/slurm-local status` or `sinfo`")
+        work_dir = str(Path(script).parent.resolve())
+        found: dict[int, tuple[float, str]] = {}
+        for line in proc.stdout.splitlines():
+            job_id, submitted, where = (part.strip() for part in (line.rstrip().removesuffix("|").split("|", 2) + ["", ""])[:3])
+            task = job_id.partition("_")[2]
+            when = _scheduler_time(submitted)
+            if where != work_dir or not task.isdigit() or when is None or when < since or job_id in exclude:
+                continue
+            if when >= found.get(int(task), (-1.0, ""))[0]:
+                found[int(task)] = (when, job_id)
+        return {task: job_id for task, (_, job_id) in found.items()}
+
     def cancel(self, job_ids: list[str]) -> None:
         if job_ids:
             proc = self._run(["scancel", *map(str, job_ids)])
             if proc.returncode != 0:
                 raise CkError("scancel", " ".join(map(str, job_ids)), " ".join(proc.stderr.split()), "check the ids with `squeue`")
+
+
+def _make_log_dirs(run_dir: Path) -> None:
+    """The folders of the job's --output/--error: sbatch does not create them (the job would fail silently)."""
+    options = sbatch_options(_check_run_dir(run_dir))
+    for key in ("output", "error"):
+        if key in options:
+            parent = Path(run_dir, options[key]).parent  # absolute paths replace run_dir
+            if "%" not in str(parent):
+                parent.mkdir(parents=True, exist_ok=True)
+
+
+def index_ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" (sbatch --array's index list)."""
+    parts: list[str] = []
+    for i in sorted(set(indices)):
+        if parts and parts[-1][1] == i - 1:
+            parts[-1][1] = i
+        else:
+            parts.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+_TASK_ID_MARK = "@CK_ARRAY_TASK_JOB_ID@"
+_TASK_JOB_ID = '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"'
+
+
+def _task_log_word(run_dir: Path, stream: str) -> str:
+    """The run's job log path (job_log_path) as a shell word in which %j is the array task's JOBID_i."""
+    path = str(job_log_path(run_dir, _TASK_ID_MARK, stream))
+    return _TASK_JOB_ID.join(shlex.quote(part) for part in path.split(_TASK_ID_MARK))
+
+
+def _sbatch_line(key: str, value: str) -> str:
+    if not value:
+        return f"#SBATCH --{key}"
+    return f"#SBATCH --{key}=" + (f'"{value}"' if re.search(r"\s", value) else value)
+
+
+def array_script_text(script: Path, run_dirs: list[Path]) -> str:
+    """The job array script that runs run_dirs[i] as task i: the runs' shared #SBATCH options, and per
+    task `cd RUN_DIR && exec bash finetune.slurm` with stdout/stderr going where that finetune.slurm's
+    --output/--error name (%j = JOBID_i), so the task's log is where a single job's would be and
+    job_log_path(run_dir, "JOBID_i") finds it. exec: finetune.slurm becomes the task's batch shell, so
+    --signal=B:... and scancel reach it as they would a single job."""
+    shapes = {array_shape(run_dir) for run_dir in run_dirs}
+    if len(shapes) != 1 or None in shapes:
+        raise ValueError(f"runs of different shapes cannot share a job array: {[str(d) for d in run_dirs]}")
+    name = Path(script).stem
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={name}",
+             _sbatch_line("output", str(Path(script).parent.resolve() / f"{name}-%A_%a.out"))]
+    lines += [_sbatch_line(key, value) for key, value in shapes.pop()]
+    lines += ["", "# Written by `ck run --array`. Task i runs run i below in its directory, with the job log its",
+              "# finetune.slurm names (%j = <array job id>_<i>); this file's own --output only holds this",
+              "# wrapper's errors.", 'case "${SLURM_ARRAY_TASK_ID:-}" in']
+    for i, run_dir in enumerate(run_dirs):
+        run_dir = Path(run_dir).resolve()
+        out, err = _task_log_word(run_dir, "output"), _task_log_word(run_dir, "error")
+        redirect = f">> {out} 2>&1" if out == err else f">> {out} 2>> {err}"
+        lines.append(f"  {i}) cd {shlex.quote(str(run_dir))} && exec bash {SCRIPT_NAME} {redirect} ;;")
+    lines += ["esac", 'echo "ck array task ${SLURM_ARRAY_TASK_ID:-?}: no run for this task, or its directory is gone" >&2',
+              "exit 1", ""]
+    return "\n".join(lines)
 
 
 def _span(state: str, start: str, end: str) -> tuple[float | None, float | None]:
@@ -823,7 +950,7 @@ class LocalExecutor(Executor):
         alive = job.proc_start is not None and _proc_start_time(job.pid) == job.proc_start
         if alive:  # still running, or its exit code is written and the wrapper is finishing: next look
             return
-        code = _exit_code(exitfile)
+        code = _exit_code_file(exitfile)
         job.ended_at = exitfile.stat().st_mtime if exitfile.exists() else time.time()
         if self._marker(job.job_id).exists():
             final = JobInfo(job.job_id, "TIMEOUT", code, f"time limit of {job.time_limit} s reached")
@@ -856,8 +983,9 @@ class LocalExecutor(Executor):
         return {name: job.job_id for name, job in found.items()}
 
 
-def _exit_code(exitfile: Path) -> int | None:
-    """The exit code the job wrapper wrote; None when absent or not a number (a torn write)."""
+def _exit_code_file(exitfile: Path) -> int | None:
+    """The exit code the job wrapper wrote; None when absent or not a number (a torn write).
+    (Not `_exit_code`: that name is SLURM's `exit:signal` parser above, which this once shadowed.)"""
     try:
         return int(read_text(exitfile, "exit code file").strip())
     except (CkError, ValueError):

@@ -12,7 +12,8 @@ What it keeps where:
   looks the job up (one query) when it starts again, instead of submitting the run twice.
 - `<exp_dir>/run-experiment.log`: SUBMIT_JOB, SUBMIT_WAIT (a scheduler submit cap such as a QOS
   MaxSubmitJobsPerUser refused it: the run is WAITING, not failed, and is submitted again at each
-  poll until a slot frees), STATE_CHANGE, ALL_SUBMITTED (or SUBMIT_INCOMPLETE,
+  poll until a slot frees), SUBMIT_ARRAY (with --array: runs of one shape submitted as one job
+  array; a SUBMIT_JOB per task follows, its job id JOBID_i), STATE_CHANGE, ALL_SUBMITTED (or SUBMIT_INCOMPLETE,
   with the counts), ALL_COMPLETE (once, when the last job has ended), DETACH, RESUME, RERUN and
   every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, RETRY_NODE_FAIL
   (the retry policy, cruijff_kit/retry.py: each retry with why), ...). `Command:` is the
@@ -21,6 +22,14 @@ What it keeps where:
 
 Polling is one executor.poll() call per poll for all live jobs (one squeue on SLURM); states are
 ours (executors.our_state), elapsed times the scheduler's own start and end times.
+
+Job arrays (`array=True`, SLURM only): each submission pass groups the runs without a job by their
+sbatch resource options (executors.array_shape); a group of two or more is written once as
+`<exp_dir>/.ck-arrays/<name>.sbatch` (task i runs the group's run i) and submitted as
+`sbatch --array=INDICES%THROTTLE`, in chunks that fit --max-submit and the scheduler's submit cap
+(a QOS cap counts every task: a refused chunk is halved and tried again, down to a single job,
+which then waits as above). Every task is its own job ("JOBID_i") in the state file, the log,
+polls and retries; a run alone in its group is a single job.
 """
 
 from __future__ import annotations
@@ -45,8 +54,8 @@ from cruijff_kit import explog
 from cruijff_kit.inputs import load_json, load_yaml_mapping, read_text
 from cruijff_kit.errors import CkError
 from cruijff_kit.executors import (
-    SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SubmitError, SubmitLimited, first_error_lines, is_terminal, log_tail,
-    make_executor, sbatch_options,
+    SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SubmitError, SubmitLimited, array_script_text, array_shape,
+    first_error_lines, index_ranges, is_terminal, log_tail, make_executor, sbatch_options,
 )
 from cruijff_kit.fsutil import atomic_write_json, atomic_write_text
 from cruijff_kit.markdown_sections import set_section
@@ -55,6 +64,7 @@ from cruijff_kit.retry import HALF_BATCH, NO_RETRY, RetryPolicy
 STATE_NAME = ".ck-run-state.json"
 WAITING = "WAITING"  # no job yet: the scheduler's submit limit is reached; submitted when a slot frees
 LOCAL_STATE_DIR = ".ck-local-jobs"
+ARRAYS_DIR = ".ck-arrays"  # the job array scripts `ck run --array` writes (one per group of same-shape runs)
 SUMMARY_NAME = "experiment_summary.md"
 JOBS_HEADING = "Jobs"
 DEFAULT_POLL = 15.0
@@ -124,6 +134,7 @@ class RunState:
     node_fail_retries: int = 0
     attempts: list | None = None  # earlier (job_id, state, exit_code) of this run
     submit_intent: float | None = None  # set and saved just before submitting, cleared with the outcome
+    array: str | None = None  # "<array script in .ck-arrays>:<task index>" when the job is a job array's task
 
     def elapsed(self, now: float) -> float | None:
         if self.running_since is None:
@@ -309,10 +320,12 @@ def reattach_hint(exp_dir: Path) -> str:
 def run_command_line(exp_dir: Path, *, executor: str, max_submit: int | None = None, stagger: float = 0.0,
                      poll: float = DEFAULT_POLL, detach: bool = False, resume: bool = False, live: bool = True,
                      retry_oom: int | None = None, lost_after: float | None = None, rerun: list[str] | None = None,
-                     retry_node_fail: int | None = None) -> str:
+                     retry_node_fail: int | None = None, array: bool = False, array_throttle: int | None = None) -> str:
     """The `ck run` command equivalent to run_experiment's arguments (for callers that are not the CLI)."""
     words = ["ck", "run", str(exp_dir), "--executor", executor]
     words += ["--max-submit", str(max_submit)] if max_submit is not None else []
+    words += ["--array"] if array and array_throttle is None else []
+    words += ["--array-throttle", str(array_throttle)] if array_throttle is not None else []
     words += ["--stagger", f"{stagger:g}"] if stagger else []
     words += ["--poll", f"{poll:g}"] if poll != DEFAULT_POLL else []
     words += ["--detach"] if detach else []
@@ -326,10 +339,19 @@ def run_command_line(exp_dir: Path, *, executor: str, max_submit: int | None = N
     return shlex.join(words)
 
 
+SUBMITTED, LIMITED, REFUSED = "submitted", "limited", "refused"  # outcomes of submitting a job array
+
+
 class Monitor:
     def __init__(self, exp_dir: Path, executor: Executor, *, poll: float, lost_after: float,
-                 retry: RetryPolicy, display: Display, command: str = ""):
+                 retry: RetryPolicy, display: Display, command: str = "", array: bool = False,
+                 array_throttle: int | None = None):
         self.exp_dir = exp_dir
+        self.array = array
+        self.array_throttle = array_throttle
+        self._shapes: dict[str, tuple | None] = {}
+        self._array_scripts: dict[tuple, tuple[Path, list[str]]] = {}  # shape -> (script, its runs: task i = run i)
+        self._submit_cap: int | None = None  # the scheduler's submit cap as far as refusals tell (None: not met)
         self.executor = executor
         self.poll = poll
         self.lost_after = lost_after
@@ -362,6 +384,134 @@ class Monitor:
     def job(self, name: str) -> Job:
         return self.executor.job(self.state.runs[name].job_id, self.run_dirs.get(name, self.exp_dir / name), name)
 
+    def submit_pending(self, max_submit: int | None = None, stagger: float = 0.0) -> None:
+        """One submission pass over the runs without a job, in plan order: single jobs, or with --array
+        the runs of one shape as job arrays. Stops at --max-submit or at the scheduler's submit cap."""
+        for unit in self._submission_units():
+            left, size = list(unit), len(unit)
+            while left:
+                live = len(self.live_runs())
+                if max_submit is not None and live >= max_submit:
+                    return
+                room = (max_submit - live) if max_submit is not None else len(left)
+                if self._submit_cap is not None:
+                    room = min(room, max(1, self._submit_cap - live))
+                size = max(1, min(size, len(left), room))
+                if size == 1:
+                    accepted = self.submit(left[0])
+                    if not accepted or self.state.runs[left[0]].job_id:  # not a refusal for another reason
+                        self._learn_submit_cap(live, 1, accepted)
+                    if not accepted:
+                        return  # the scheduler's submit cap: the rest wait for the next poll
+                    left.pop(0)
+                else:
+                    outcome = self.submit_array(unit, left[:size])
+                    if outcome != REFUSED:
+                        self._learn_submit_cap(live, size, outcome == SUBMITTED)
+                    if outcome == LIMITED:
+                        size //= 2  # a cap counts every task: try a smaller chunk
+                        continue
+                    left = left[size:]
+                if stagger and self.unsubmitted():
+                    _sleep(stagger)
+
+    def _submission_units(self) -> list[list[str]]:
+        """The runs without a job, in plan order: one per unit, or with --array grouped by shape."""
+        pending = self.unsubmitted()
+        if not self.array:
+            return [[name] for name in pending]
+        groups: dict[object, list[str]] = {}
+        for name in pending:
+            shape = self._shape(name)
+            groups.setdefault(shape if shape is not None else ("single", name), []).append(name)
+        return list(groups.values())
+
+    def _shape(self, name: str) -> tuple | None:
+        if name not in self._shapes:
+            self._shapes[name] = array_shape(self.run_dirs[name])
+        return self._shapes[name]
+
+    def _learn_submit_cap(self, live: int, size: int, accepted: bool) -> None:
+        """What a submission says about the scheduler's cap on this experiment's queued jobs: refused at
+        live + size, so at most live + size - 1; accepted above the estimate, so at least live + size
+        (the user's other jobs may have ended). Arrays are sized to the estimate; single jobs are
+        always tried, so an estimate that is too low grows back."""
+        if not accepted:
+            bound = live + size - 1
+            self._submit_cap = bound if self._submit_cap is None else min(self._submit_cap, bound)
+        elif self._submit_cap is not None and live + size > self._submit_cap:
+            self._submit_cap = live + size
+
+    def _array_script(self, unit: list[str]) -> Path:
+        """The job array script for the unit's runs (task i = unit[i]); written once, reused while the
+        unit's runs are all in it."""
+        shape = self._shape(unit[0])
+        known = self._array_scripts.get(shape)
+        if known and set(unit) <= set(known[1]):
+            return known[0]
+        arrays_dir = self.exp_dir / ARRAYS_DIR
+        arrays_dir.mkdir(exist_ok=True)
+        taken = [int(m.group(1)) for p in arrays_dir.glob("*.sbatch") if (m := re.search(r"-array(\d+)$", p.stem))]
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", self.exp_dir.name) + f"-array{max(taken, default=0) + 1}"
+        script = arrays_dir / f"{stem}.sbatch"
+        atomic_write_text(script, array_script_text(script, [self.run_dirs[name] for name in unit]))
+        self._array_scripts[shape] = (script, list(unit))
+        return script
+
+    def submit_array(self, unit: list[str], names: list[str]) -> str:
+        """Submit `names` (runs of `unit`, one shape) as one job array: SUBMITTED, LIMITED (a submit cap
+        refused it: nothing recorded, try fewer) or REFUSED (each run SUBMIT_FAILED)."""
+        script = self._array_script(unit)
+        members = self._array_scripts[self._shape(unit[0])][1]
+        tasks = {members.index(name): name for name in names}
+        spec = index_ranges(list(tasks)) + (f"%{self.array_throttle}" if self.array_throttle else "")
+        command = f"cd {script.parent} && sbatch --parsable --array={spec} {script.name}"
+        runs = {name: self.state.runs.setdefault(name, RunState()) for name in names}
+        with _interrupts_deferred():
+            now = time.time()
+            for i, name in tasks.items():
+                runs[name].submit_intent, runs[name].array = now, f"{script.name}:{i}"
+            self.state.save()
+            try:
+                ids = self.executor.submit_array(script, {i: self.run_dirs[name] for i, name in tasks.items()},
+                                                 self.array_throttle)
+            except SubmitLimited:
+                for run in runs.values():
+                    run.submit_intent = run.array = None
+                self.state.save()
+                return LIMITED
+            except SubmitError as exc:
+                for name, run in runs.items():
+                    run.array = None
+                    self._submit_failed(name, run, exc, command)
+                return REFUSED
+            now = time.time()
+            for i, name in tasks.items():
+                self._record_job(runs[name], ids[i], now)
+            self.submitted_now += len(tasks)
+            self.state.save()
+        base = next(iter(ids.values())).partition("_")[0]
+        self.log("SUBMIT_ARRAY", f"submitted {len(tasks)} run(s) as job array {base}", command=command,
+                 result=f"job {base}: " + ", ".join(f"{name}={ids[i]}" for i, name in tasks.items()),
+                 explanation=f"runs of one shape (the same #SBATCH resources); task i runs run i of {script}; "
+                             "each task is tracked as its own job", extra={"Job ID": base})
+        for i, name in tasks.items():
+            job = self.job(name)
+            self.log("SUBMIT_JOB", f"submitted {name}", command=command, result=f"job {job.id}",
+                     explanation=f"task {i} of job array {base}; log {job.log}", extra={"Job ID": job.id})
+            self.display.message(f"{_clock()} {name}: submitted as job {job.id} (task {i} of array {base})")
+        return SUBMITTED
+
+    def _submit_failed(self, name: str, run: RunState, exc: SubmitError, command: str) -> None:
+        run.state, run.message, run.ended_at, run.submit_intent = "SUBMIT_FAILED", str(exc), time.time(), None
+        run.running_since = run.exit_code = None
+        self.refused_now.add(name)
+        self.state.save()
+        self.log("SUBMIT_FAILED", f"{name} was not submitted", command=command, result=str(exc),
+                 explanation="the scheduler refused the job; its message is above. Fix the cause, then "
+                             f"`ck run {self.exp_dir}` submits it")
+        self.display.message(f"{_clock()} {name}: SUBMIT_FAILED: {exc}")
+
     def submit(self, name: str) -> bool:
         """Submit the run; False when a submit limit made it wait (submit nothing more this pass)."""
         run_dir = self.run_dirs[name]
@@ -369,7 +519,7 @@ class Monitor:
         command = f"cd {run_dir} && " + ("sbatch --parsable finetune.slurm" if self.executor.name == "slurm"
                                          else "bash finetune.slurm  # local executor")
         with _interrupts_deferred():
-            run.submit_intent = time.time()
+            run.submit_intent, run.array = time.time(), None
             self.state.save()
             try:
                 job = self.executor.submit(run_dir, name)
@@ -377,14 +527,7 @@ class Monitor:
                 self._wait_for_slot(name, run, exc, command)
                 return False
             except SubmitError as exc:
-                run.state, run.message, run.ended_at, run.submit_intent = "SUBMIT_FAILED", str(exc), time.time(), None
-                run.running_since = run.exit_code = None
-                self.refused_now.add(name)
-                self.state.save()
-                self.log("SUBMIT_FAILED", f"{name} was not submitted", command=command, result=str(exc),
-                         explanation="the scheduler refused the job; its message is above. Fix the cause, then "
-                                     f"`ck run {self.exp_dir}` submits it")
-                self.display.message(f"{_clock()} {name}: SUBMIT_FAILED: {exc}")
+                self._submit_failed(name, run, exc, command)
                 return True
             self._record_job(run, job.id, time.time())
             self.submitted_now += 1
@@ -423,11 +566,18 @@ class Monitor:
             return
         since = min(run.submit_intent for run in pending.values()) - CLOCK_SLACK
         earlier = {a["job_id"] for run in pending.values() for a in (run.attempts or [])}
-        found = self.executor.find_submitted({name: self.run_dirs[name] for name in pending}, since, earlier)
+        singles = {name: self.run_dirs[name] for name, run in pending.items() if not run.array}
+        found = self.executor.find_submitted(singles, since, earlier) if singles else {}
+        for script_name in sorted({run.array.rpartition(":")[0] for run in pending.values() if run.array}):
+            tasks = self.executor.find_submitted_array(self.exp_dir / ARRAYS_DIR / script_name, since, earlier)
+            for name, run in pending.items():
+                script, _, index = (run.array or "").rpartition(":")
+                if script == script_name and index.isdigit() and int(index) in tasks:
+                    found[name] = tasks[int(index)]
         for name, run in pending.items():
             job_id = found.get(name)
             if job_id is None:
-                run.submit_intent = None
+                run.submit_intent = run.array = None
                 continue
             self._record_job(run, job_id, run.submit_intent)
             self.log("SUBMIT_JOB", f"submitted {name}", command=f"{self.executor.name} lookup of {self.run_dirs[name]}",
@@ -640,10 +790,13 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
                    live: bool = True, retry_oom: int | None = None, lost_after: float | None = None,
                    max_local_jobs: int | None = None, rerun: list[str] | None = None,
                    command: str | None = None, out: IO[str] | None = None,
-                   retry_node_fail: int | None = None) -> dict[str, str]:
+                   retry_node_fail: int | None = None, array: bool = False,
+                   array_throttle: int | None = None) -> dict[str, str]:
     """Submit every scaffolded run that has no job (refused ones included, once each) and monitor
     until all jobs have ended. `rerun`: runs whose ended job is replaced by a new one. `command`:
-    the command line to log (default: the equivalent `ck run`).
+    the command line to log (default: the equivalent `ck run`). `array` (implied by
+    `array_throttle`): runs of one shape go as SLURM job arrays, at most `array_throttle` (default
+    max_submit, else no limit) of an array's tasks running at once.
 
     Returns {run name: state}: final states, or the current ones after --detach. Ctrl-C (or a
     closed stdout) leaves the jobs running (logged as DETACH) and re-raises.
@@ -656,14 +809,22 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
     if poll <= 0 or stagger < 0 or (retry_oom or 0) < 0:
         raise CkError("poll/stagger/retry_oom", (poll, stagger, retry_oom), "poll must be > 0, stagger and retry-oom >= 0",
                       "e.g. --poll 15 --stagger 0 --retry-oom 1")
+    if array_throttle is not None and array_throttle < 1:
+        raise CkError("--array-throttle", array_throttle, "must be >= 1", "e.g. --array-throttle 4")
+    array = array or array_throttle is not None
     out = out or sys.stdout
     executor_obj = _make_executor(executor, exp_dir, max_local_jobs)
+    if array and not executor_obj.supports_arrays:
+        raise CkError("--array", f"--executor {executor_obj.name}", f"the {executor_obj.name} executor has no job arrays",
+                      "drop --array/--array-throttle (local runs already queue up to max_local_jobs), or use --executor slurm")
     command = command or run_command_line(exp_dir, executor=executor_obj.name, max_submit=max_submit, stagger=stagger,
                                           poll=poll, detach=detach, resume=resume, live=live, retry_oom=retry_oom,
-                                          lost_after=lost_after, rerun=rerun, retry_node_fail=retry_node_fail)
+                                          lost_after=lost_after, rerun=rerun, retry_node_fail=retry_node_fail,
+                                          array=array, array_throttle=array_throttle)
     monitor = Monitor(exp_dir, executor_obj, poll=poll, lost_after=lost_after if lost_after is not None else max(60.0, 3 * poll),
                       retry=RetryPolicy.load(exp_dir, oom=retry_oom, node_fail=retry_node_fail),
-                      display=Display(out, live), command=command)
+                      display=Display(out, live), command=command, array=array,
+                      array_throttle=array_throttle if array_throttle is not None else max_submit)
     state = monitor.state
     if not monitor.runs:
         raise CkError("experiment_dir", str(exp_dir), f"has no scaffolded run (no */{SCRIPT_NAME})",
@@ -696,13 +857,7 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
     pass_logged = not monitor.unsubmitted()
     try:
         while True:
-            for name in monitor.unsubmitted():
-                if max_submit is not None and len(monitor.live_runs()) >= max_submit:
-                    break
-                if not monitor.submit(name):
-                    break  # the scheduler's submit cap: the rest wait for the next poll
-                if stagger and monitor.unsubmitted():
-                    _sleep(stagger)
+            monitor.submit_pending(max_submit, stagger)
             if not pass_logged and not monitor.unsubmitted():
                 pass_logged = True
                 monitor.log_submission_pass()

@@ -207,7 +207,6 @@ def test_skill_path_detached_monitor_status_then_resume(tmp_path, capsys):
     assert " 0:00:00 " not in (exp / "experiment_summary.md").read_text()
 
 
-@pytest.mark.unstable
 def test_sacct_completion_file_answers_for_jobs_the_controller_forgot(tmp_path):
     executor = SlurmExecutor()
     job_id = executor.submit(make_run(tmp_path / "exp", "bye", "sleep 1\nexit 4")).id

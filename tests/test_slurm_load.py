@@ -1,6 +1,7 @@
 """Load: a 300-run experiment of no-op payloads (each job only writes its metrics file) through the
 real local SLURM of the test session (conftest: with accounting), under a QOS submit cap of 20. Every run reaches
-COMPLETED once, none is lost or submitted twice, each poll is one squeue plus at most one sacct.
+COMPLETED once, none is lost or submitted twice, each poll is one squeue plus at most one sacct; as single
+jobs and again as job arrays (`ck run --array`: one shape, so arrays in chunks that fit the cap).
 Prints the monitor's own CPU time per poll (figures in bench/RESULTS.md, `## SLURM load`)."""
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def load_qos():
     return "ckload"
 
 
-def test_300_runs_under_a_qos_cap_of_20_complete_once_with_one_squeue_and_one_sacct_per_poll(load_qos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("arrays", [False, True], ids=["single-jobs", "arrays"])
+def test_300_runs_under_a_qos_cap_of_20_complete_once_with_one_squeue_and_one_sacct_per_poll(load_qos, tmp_path, monkeypatch,
+                                                                                             arrays):
     exp = tmp_path / "exp"
     names = [f"noop{i:03d}" for i in range(RUNS)]
     for name in names:
@@ -63,8 +66,11 @@ def test_300_runs_under_a_qos_cap_of_20_complete_once_with_one_squeue_and_one_sa
 
     monkeypatch.setattr(monitor.Monitor, "poll_once", timed_poll)
     executor = CountingExecutor()
+    sbatch_calls: list[list[str]] = []  # accepted and refused alike
+    real_sbatch = executor._sbatch
+    monkeypatch.setattr(executor, "_sbatch", lambda args, cwd: sbatch_calls.append(args) or real_sbatch(args, cwd))
     started = time.monotonic()
-    final = run_experiment(exp, executor=executor, poll=1.0, live=False, out=io.StringIO())
+    final = run_experiment(exp, executor=executor, poll=1.0, live=False, out=io.StringIO(), array=arrays)
     wall = time.monotonic() - started
 
     assert final == {name: "COMPLETED" for name in names}
@@ -77,6 +83,13 @@ def test_300_runs_under_a_qos_cap_of_20_complete_once_with_one_squeue_and_one_sa
     assert max(executor.per_poll) <= 2
     waits = sum(e.action == "SUBMIT_WAIT" for e in entries)
     assert waits >= 1  # the cap was reached: the rest were drip-fed
-    print(f"\nload: {RUNS} runs, QOS cap {CAP}: {wall:.0f} s wall, {len(executor.per_poll)} polls, "
+    tasks = sum("_" in job_id for job_id in ids)
+    arrays_submitted = sum(e.action == "SUBMIT_ARRAY" for e in entries)
+    if arrays:
+        assert arrays_submitted >= 1 and tasks >= 2
+    else:
+        assert arrays_submitted == 0 and tasks == 0
+    print(f"\nload ({'arrays' if arrays else 'single jobs'}): {RUNS} runs, QOS cap {CAP}: {wall:.0f} s wall, "
+          f"{arrays_submitted} arrays holding {tasks} runs, {len(sbatch_calls)} sbatch calls, {len(executor.per_poll)} polls, "
           f"queries/poll max {max(executor.per_poll)}, SUBMIT_WAIT {waits}; monitor CPU per poll: "
           f"median {1000 * statistics.median(cpu_per_poll):.1f} ms, max {1000 * max(cpu_per_poll):.1f} ms")

@@ -41,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "reattaches without submitting any run twice. A run whose job ended badly gets a new job only "
         "when asked: --rerun RUN. Exit code 0 only if every run COMPLETED (with --detach: if no run "
         "has ended badly).")
-    parser.epilog = ("examples: ck run EXP_DIR --executor slurm --max-submit 4   |   ck run --resume EXP_DIR   |   "
+    parser.epilog = ("examples: ck run EXP_DIR --executor slurm --max-submit 4   |   "
+                     "ck run EXP_DIR --executor slurm --array --array-throttle 8   |   ck run --resume EXP_DIR   |   "
                      "ck run EXP_DIR --rerun RUN_NAME")
     parser.add_argument("exp_dir", metavar="EXP_DIR", help="experiment directory (holds experiment_summary.md and one dir per run), "
                              "or its name under <scratch>/ck-sanity-checks/ or ck-experiments/")
@@ -52,6 +53,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-submit", type=_positive_int, metavar="N", default=None,
                         help="at most N jobs of this experiment queued or running at once; the rest are "
                              "submitted as earlier ones end (for clusters with a queue cap)")
+    parser.add_argument("--array", action="store_true",
+                        help="slurm only: submit the runs that share their #SBATCH resources (all lines but "
+                             "job-name/output/error) as one job array each (EXP_DIR/.ck-arrays/*.sbatch; task i runs "
+                             "run i, with its log where a single job's goes); every task is tracked as its own job "
+                             "JOBID_i, a run alone in its shape is a single job. Off by default and not remembered "
+                             "(give it again with --resume for the runs still without a job); with --max-submit "
+                             "or a QOS submit cap (which counts every task) arrays go in chunks that fit")
+    parser.add_argument("--array-throttle", type=_positive_int, metavar="M", default=None,
+                        help="at most M tasks of each array running at once (sbatch --array=...%%M; implies --array; "
+                             "default: --max-submit N, else no limit)")
     parser.add_argument("--stagger", type=_seconds, metavar="S", default=0.0, help="seconds between submissions (default 0)")
     parser.add_argument("--poll", type=_seconds, metavar="S", default=None,
                         help=f"seconds between status polls (default {DEFAULT_POLL:g}; one squeue per poll for all jobs)")
@@ -86,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     states = run_experiment(exp_dir, executor=executor, max_submit=args.max_submit, stagger=args.stagger,
                             poll=poll, detach=args.detach, resume=args.resume, live=args.live,
                             retry_oom=args.retry_oom, retry_node_fail=args.retry_node_fail, lost_after=args.lost_after, max_local_jobs=settings.max_local_jobs,
-                            rerun=args.rerun, command=getattr(args, "command_line", None))
+                            rerun=args.rerun, command=getattr(args, "command_line", None), array=args.array,
+                            array_throttle=args.array_throttle)
     # with --detach only runs that already ended badly count; otherwise every run must have COMPLETED
     failed = {run: state for run, state in states.items()
               if state != "COMPLETED" and (is_terminal(state) or not args.detach)}
