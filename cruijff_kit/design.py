@@ -253,7 +253,8 @@ def plan_size_text(exp: Experiment, settings: Settings) -> tuple[str, str | None
         text += "; executor slurm: one job per run"
         if len(runs) > SLURM_RUNS_WARN:
             warning = (f"{len(runs)} SLURM jobs at once: many clusters cap a user's submitted jobs (QOS MaxSubmitJobs, "
-                       f"warned above {SLURM_RUNS_WARN}); check `sacctmgr show qos`, or sweep fewer values or seeds")
+                       f"warned above {SLURM_RUNS_WARN}); `ck run` submits the rest as slots free (`--array` sends runs of one "
+                       "shape as job arrays); check `sacctmgr show qos`, or sweep fewer values or seeds")
     return text, warning
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,13 +65,10 @@ def assert_each_row_once(events: list[dict], steps: int = 4) -> None:
 
 
 def ranks_in(log: str) -> list[tuple[str, str]]:
-    """(rank, host) of every `lora_finetune_distributed_val: rank R of W on HOST` line."""
-    out = []
-    for line in log.splitlines():
-        if line.startswith("lora_finetune_distributed_val: rank "):
-            words = line.split()
-            out.append((words[2], words[-1]))
-    return sorted(out)
+    """(rank, host) of every `lora_finetune_distributed_val: rank R of W on HOST` line. Searched anywhere in the
+    log: the processes share one output file, so a line can start after another process's unfinished one
+    (a progress bar's carriage returns, a warning)."""
+    return sorted(re.findall(r"lora_finetune_distributed_val: rank (\d+) of \d+ on (\S+)", log))
 
 
 @pytest.mark.training
@@ -87,7 +85,8 @@ def test_two_processes_on_one_node_through_ck_run_locally(tmp_path):
                                                               "probabilistic_run": "COMPLETED"}
     for run, state in states.items():
         assert_each_row_once(metrics(tmp_path, "local2", run))
-        assert [r for r, _ in ranks_in(job_log(tmp_path, "local2", run, state["job_id"]))] == ["0", "1"]
+        log = job_log(tmp_path, "local2", run, state["job_id"])
+        assert [r for r, _ in ranks_in(log)] == ["0", "1"], [line for line in log.splitlines() if "rank" in line]
 
 
 def _rank_one_pids(scratch: Path) -> list[int]:
@@ -157,7 +156,8 @@ def test_two_cpu_processes_under_sbatch_on_the_local_slurm(tmp_path, monkeypatch
     for run, state in run_states(exp).items():
         assert state["state"] == "COMPLETED" and state["job_id"].isdigit()
         assert_each_row_once(metrics(tmp_path, "slurm2", run))
-        assert [r for r, _ in ranks_in(job_log(tmp_path, "slurm2", run, state["job_id"]))] == ["0", "1"]
+        log = job_log(tmp_path, "slurm2", run, state["job_id"])
+        assert [r for r, _ in ranks_in(log)] == ["0", "1"], [line for line in log.splitlines() if "rank" in line]
 
 
 @pytest.mark.slurm
@@ -198,4 +198,5 @@ def test_embedded_check_on_two_processes_passes(tmp_path, executor):
         events = metrics(tmp_path, "pass2", run_name)
         val_steps = [e["step"] for e in events if e["event"] == "val"]
         assert val_steps == sorted(set(val_steps))  # each validation row once
-        assert [r for r, _ in ranks_in(job_log(tmp_path, "pass2", run_name, state["job_id"]))] == ["0", "1"]
+        log = job_log(tmp_path, "pass2", run_name, state["job_id"])
+        assert [r for r, _ in ranks_in(log)] == ["0", "1"], [line for line in log.splitlines() if "rank" in line]
