@@ -438,7 +438,8 @@ class SlurmExecutor(Executor):
 
     def _sacct(self, ids: list[str]) -> dict[str, JobInfo]:
         """One sacct for the ids squeue no longer knows: the database if there is one; `sacct -c` only
-        when there is none, or (a second query) when slurmdbd does not answer."""
+        when there is none, or (a second query) when slurmdbd does not answer. With the database down,
+        ids the completion file does not know either raise CkError (no answer), never UNKNOWN."""
         base = ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=" + ",".join(ids),
                 "--format=JobID,State,ExitCode,Start,End"]
         mode = self.sacct_mode()
@@ -450,12 +451,14 @@ class SlurmExecutor(Executor):
             db_error = " ".join(proc.stderr.split()) or f"sacct exited {proc.returncode}"
         self.query_count += 1
         proc = self._run(base + ["--completion"])
-        if proc.returncode == 0:
-            return self._parse_sacct(proc.stdout, ids)
-        if mode == "db":  # no answer is not "unknown": the monitor keeps the states it has and asks again
-            raise CkError("sacct", ",".join(ids[:3]), f"the accounting database does not answer ({db_error})",
+        found = self._parse_sacct(proc.stdout, ids) if proc.returncode == 0 else {}
+        if mode == "db" and len(found) < len(ids):
+            # no answer is not "unknown" (which becomes LOST): the monitor keeps the states it has and asks again
+            unknown = [j for j in ids if j not in found]
+            raise CkError("sacct", ",".join(unknown[:3]), f"the accounting database does not answer ({db_error}) "
+                          "and the job-completion file does not know these jobs",
                           "check slurmdbd: `sacctmgr show cluster` or `scripts/slurm-local status`")
-        return {}
+        return found
 
     def usage(self, job_ids: list[str]) -> dict[str, JobUsage]:
         """One sacct (database only: the completion file keeps no usage) for elapsed, CPU/GPU-hours, max RSS."""
@@ -810,7 +813,7 @@ class LocalExecutor(Executor):
         alive = job.proc_start is not None and _proc_start_time(job.pid) == job.proc_start
         if alive:  # still running, or its exit code is written and the wrapper is finishing: next look
             return
-        code = _exit_code(exitfile)
+        code = _exitfile_code(exitfile)
         job.ended_at = exitfile.stat().st_mtime if exitfile.exists() else time.time()
         if self._marker(job.job_id).exists():
             final = JobInfo(job.job_id, "TIMEOUT", code, f"time limit of {job.time_limit} s reached")
@@ -843,7 +846,7 @@ class LocalExecutor(Executor):
         return {name: job.job_id for name, job in found.items()}
 
 
-def _exit_code(exitfile: Path) -> int | None:
+def _exitfile_code(exitfile: Path) -> int | None:
     """The exit code the job wrapper wrote; None when absent or not a number (a torn write)."""
     try:
         return int(read_text(exitfile, "exit code file").strip())

@@ -13,7 +13,9 @@ What it keeps where:
 - `<exp_dir>/run-experiment.log`: SUBMIT_JOB, SUBMIT_WAIT (a scheduler submit cap such as a QOS
   MaxSubmitJobsPerUser refused it: the run is WAITING, not failed, and is submitted again at each
   poll until a slot frees), STATE_CHANGE, ALL_SUBMITTED (or SUBMIT_INCOMPLETE,
-  with the counts), ALL_COMPLETE (once, when the last job has ended), DETACH, RESUME, RERUN and
+  with the counts), ALL_COMPLETE (once, when the last job has ended), DETACH, RESUME, RERUN,
+  POLL_FAILED / POLL_RECOVERED (the scheduler or its database stopped / started answering: states
+  stay as last seen meanwhile, nothing is marked failed or resubmitted; the live table says so) and
   every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, RETRY_NODE_FAIL
   (the retry policy, cruijff_kit/retry.py: each retry with why), ...). `Command:` is the
   command as it was run.
@@ -229,12 +231,12 @@ class Display:
             self.out.write(f"\x1b[{self._drawn}F\x1b[J")
             self._drawn = 0
 
-    def table(self, rows: list[dict]) -> None:
+    def table(self, rows: list[dict], notice: str = "") -> None:
         if not self.live:
             return
         if self.tty:
             self._clear()
-            lines = format_table(rows)
+            lines = format_table(rows) + ([notice] if notice else [])
             self.out.write("\n".join(lines) + "\n")
             self.out.flush()
             self._drawn = len(lines)
@@ -343,6 +345,7 @@ class Monitor:
         self.submitted_now = 0
         self._summary_body: str | None = None
         self._poll_error: str | None = None
+        self._poll_failing_since: float | None = None
 
     # -- logging
 
@@ -497,21 +500,44 @@ class Monitor:
         try:
             infos = self.executor.poll(list(jobs.values()))
         except CkError as err:  # e.g. slurmctld restarting: keep the last known states, try again next poll
-            if self._poll_error is None:
-                self.log("POLL_FAILED", "could not query the jobs' states; retrying every poll",
-                         command=f"{self.executor.name} poll", result=str(err), explanation="states are kept as last seen")
-                self.display.message(f"{_clock()} poll failed, retrying: {err}")
-            self._poll_error = str(err)
+            self._poll_failed(err)
             return
-        if self._poll_error is not None:
-            self.display.message(f"{_clock()} polling works again")
-            self._poll_error = None
         now = time.time()
+        self._poll_recovered(now)
         changed = False
         for name, job in jobs.items():
             changed |= self._apply(name, self.state.runs[name], job, infos[job.id], now)
         if changed:
             self.state.save()
+
+    def _poll_failed(self, err: CkError) -> None:
+        """No answer is not an answer: states stay as last seen (nothing becomes LOST, FAILED or is
+        resubmitted) and the next poll asks again. Logged once per outage; the live table says it."""
+        if self._poll_error is None:
+            self._poll_failing_since = time.time()
+            what = unreachable_part(err)
+            self.log("POLL_FAILED", f"{what} does not answer; retrying every poll", command=f"{self.executor.name} poll",
+                     result=str(err), explanation="states are kept as last seen; nothing is marked failed or "
+                                                  "resubmitted while it does not answer")
+            self.display.message(f"{_clock()} {what} unreachable, states kept as last seen; retrying every poll: {err}")
+        self._poll_error = str(err)
+
+    def _poll_recovered(self, now: float) -> None:
+        if self._poll_error is None:
+            return
+        waited = now - (self._poll_failing_since or now)
+        self.log("POLL_RECOVERED", f"polling works again after {waited:.0f} s", command=f"{self.executor.name} poll",
+                 result="answered", explanation=f"the last error was: {self._poll_error}")
+        self.display.message(f"{_clock()} polling works again after {waited:.0f} s")
+        self._poll_error = self._poll_failing_since = None
+
+    def poll_notice(self) -> str:
+        """One line for the live table while polls fail, else ''."""
+        if self._poll_error is None:
+            return ""
+        since = self._poll_failing_since or time.time()
+        return (f"! no answer from the scheduler since {_dt.datetime.fromtimestamp(since).strftime('%H:%M:%S')} "
+                f"({time.time() - since:.0f} s): states as last seen, retrying every poll")
 
     def _apply(self, name: str, run: RunState, job: Job, info: JobInfo, now: float) -> bool:
         if info.state == UNKNOWN:
@@ -601,6 +627,13 @@ class Monitor:
 
     def final_states(self) -> dict[str, str]:
         return {name: self.state.runs.get(name, RunState()).state for name, _ in self.runs}
+
+
+def unreachable_part(err: CkError) -> str:
+    """Which part of the scheduler a failed poll could not reach, in words."""
+    if err.field == "sacct":
+        return "the accounting database (slurmdbd)"
+    return "the scheduler (slurmctld)" if err.field in ("squeue", "scontrol") else f"the {err.field} query"
 
 
 def apply_info(run: RunState, info: JobInfo, now: float) -> None:
@@ -714,7 +747,7 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
                 return monitor.final_states()
             if not monitor.live_runs() and not monitor.unsubmitted():
                 break
-            monitor.display.table(monitor.rows())
+            monitor.display.table(monitor.rows(), monitor.poll_notice())
             _sleep(poll)
     except (KeyboardInterrupt, BrokenPipeError):
         state.save()
