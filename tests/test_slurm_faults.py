@@ -1,0 +1,210 @@
+"""Faults on the real local SLURM, while `ck run` watches: the controller (slurmctld) stopped and
+restarted, the accounting database (slurmdbd) down while jobs end, and a node lost mid-training on
+the multi-node cluster. Each kill targets this test session's own daemons, by the pid in its
+instance's run/ directory (or, for the node, the processes of that node's network namespace).
+
+What must hold: no answer is never taken for an answer (no run becomes FAILED, LOST or is
+resubmitted because a daemon is away), the state file stays whole, the monitor says what is away
+and carries on when it is back, and every run ends COMPLETED (or with its true state) once.
+The figures (how long the monitor waited, recovery time) are in bench/RESULTS.md under "Faults".
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cruijff_kit import explog
+from cruijff_kit.monitor import STATE_NAME, run_experiment
+from conftest import SLURM_DIR, slurm_local
+from test_executors import make_run
+from test_slurm_accounting import ACCT_DIR, accounting_env, on_accounting, wait_purged  # noqa: F401  (fixtures)
+from test_slurm_multinode import MULTI_CONF, SLURM_LOCAL, two_nodes  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slurm
+
+CK = [sys.executable, "-m", "cruijff_kit"]
+POLL = 0.5
+LIVE_STATES = {"PENDING", "RUNNING"}
+
+
+class TerminalOut(io.StringIO):
+    """Captures what `ck run` draws on a terminal: the live table, redrawn in place."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class MonitorThread(threading.Thread):
+    """run_experiment in the background, as `ck run` in a second terminal."""
+
+    def __init__(self, exp: Path, **kw):
+        super().__init__(daemon=True)
+        self.exp, self.kw, self.out = exp, kw, TerminalOut()
+        self.final: dict | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.final = run_experiment(self.exp, executor="slurm", poll=POLL, live=True, out=self.out, **self.kw)
+        except BaseException as exc:  # noqa: BLE001  (reported by the test)
+            self.error = exc
+
+
+def read_runs(exp: Path) -> dict:
+    """The state file, parsed: a torn or half-written file fails the test here."""
+    return json.loads((exp / STATE_NAME).read_text())["runs"]
+
+
+def log_entries(exp: Path, action: str) -> list:
+    return [e for e in explog.read_log(exp, "run") if e.action == action]
+
+
+def wait_until(condition, limit: float, what: str, step: float = 0.3) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(step)
+
+
+def kill_daemon(pid_file: Path, env: dict | None = None) -> int:
+    """SIGTERM to the daemon named by the pid file (this session's instance only); waits until it is gone."""
+    pid = int(pid_file.read_text())
+    os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or
+               Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] in "ZX", 30, f"{pid_file.name} to stop")
+    return pid
+
+
+def assert_no_false_end(exp: Path) -> dict:
+    runs = read_runs(exp)
+    assert {r["state"] for r in runs.values()} <= LIVE_STATES, runs
+    return runs
+
+
+# ---------------------------------------------------------------- slurmctld stopped and restarted
+
+
+def test_slurmctld_stopped_and_restarted_while_jobs_run(tmp_path):
+    exp = tmp_path / "exp"
+    for name in ("a", "b"):
+        make_run(exp, name, "sleep 40")
+    monitor = MonitorThread(exp)
+    monitor.start()
+    wait_until(lambda: (exp / STATE_NAME).exists() and {r["state"] for r in read_runs(exp).values()} == {"RUNNING"},
+               60, "both jobs to run")
+    ids = {name: run["job_id"] for name, run in read_runs(exp).items()}
+
+    kill_daemon(SLURM_DIR / "run" / "slurmctld.pid")
+    stopped_at = time.monotonic()
+    try:
+        wait_until(lambda: log_entries(exp, "POLL_FAILED"), 90, "the monitor to notice")
+        while time.monotonic() - stopped_at < 25:  # the outage: the monitor keeps polling, the state file stays whole
+            runs = assert_no_false_end(exp)
+            assert {name: run["job_id"] for name, run in runs.items()} == ids
+            assert monitor.is_alive()
+            time.sleep(0.5)
+    finally:
+        start = slurm_local("start", timeout=120)
+    assert start.returncode == 0, start.stderr
+    monitor.join(timeout=180)
+    assert not monitor.is_alive() and monitor.error is None, monitor.error
+    output = monitor.out.getvalue()
+
+    assert monitor.final == {"a": "COMPLETED", "b": "COMPLETED"}, output[-3000:]
+    runs = read_runs(exp)
+    assert {name: run["job_id"] for name, run in runs.items()} == ids  # the same jobs: nothing resubmitted
+    assert not any(run["attempts"] for run in runs.values())
+    [failed] = log_entries(exp, "POLL_FAILED")
+    assert "the scheduler (slurmctld) does not answer" in failed.description
+    [recovered] = log_entries(exp, "POLL_RECOVERED")
+    assert recovered.description.startswith("polling works again after")
+    assert len(log_entries(exp, "SUBMIT_JOB")) == 2 and len(log_entries(exp, "ALL_COMPLETE")) == 1
+    assert not [e for e in explog.read_log(exp, "run") if e.action.startswith(("JOB_", "RETRY", "SUBMIT_FAILED"))]
+    assert "the scheduler (slurmctld) unreachable, states kept as last seen" in output
+    assert "! no answer from the scheduler since" in output  # the live table says so while it lasts
+    assert "polling works again after" in output
+
+
+# ---------------------------------------------------------------- slurmdbd down while jobs end
+
+
+@pytest.fixture
+def without_completion_file(on_accounting, tmp_path, monkeypatch):
+    """The accounting instance seen by clients as a cluster with no job-completion file (common on
+    production clusters): with slurmdbd down, nothing but squeue answers."""
+    conf = Path(on_accounting["SLURM_CONF"]).read_text().replace(
+        f"JobCompLoc={ACCT_DIR}/log/jobcomp.txt", f"JobCompLoc={tmp_path}/no-jobcomp.txt")
+    assert f"JobCompLoc={tmp_path}/no-jobcomp.txt" in conf
+    (tmp_path / "slurm.conf").write_text(conf)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    return {**on_accounting, "SLURM_CONF": str(tmp_path / "slurm.conf")}
+
+
+def test_slurmdbd_down_while_jobs_end_is_waited_out_never_a_false_failure(without_completion_file, tmp_path):
+    env = without_completion_file
+    exp = tmp_path / "exp"
+    make_run(exp, "fails", "sleep 4\nexit 3")
+    make_run(exp, "works", "sleep 4")
+    run_experiment(exp, executor="slurm", detach=True, poll=POLL, live=False, out=io.StringIO())
+    ids = [run["job_id"] for run in read_runs(exp).values()]
+
+    kill_daemon(ACCT_DIR / "run" / "slurmdbd.pid")
+    try:
+        wait_purged(ids, env)  # the jobs ended and left squeue (MinJobAge=2): only the database knows them now
+        assert subprocess.run(["squeue", "-h", "-t", "all", "-j", ",".join(ids)], capture_output=True, text=True,
+                              env=env).stdout.strip() == ""
+        # a short --lost-after: a job nobody knows would be LOST within seconds; one the database cannot be asked about is not
+        monitor = MonitorThread(exp, resume=True, lost_after=3)
+        monitor.start()
+        wait_until(lambda: log_entries(exp, "POLL_FAILED"), 60, "the monitor to notice")
+        for _ in range(16):
+            assert_no_false_end(exp)
+            assert monitor.is_alive()
+            time.sleep(0.5)
+    finally:
+        start = subprocess.run([str(SLURM_LOCAL), "start", "--accounting"], capture_output=True, text=True,
+                               env={**env, "SLURM_CONF": str(ACCT_DIR / "slurm.conf")}, timeout=300)
+    assert start.returncode == 0, start.stderr
+    monitor.join(timeout=180)
+    assert not monitor.is_alive() and monitor.error is None, monitor.error
+    output = monitor.out.getvalue()
+
+    assert monitor.final == {"fails": "FAILED", "works": "COMPLETED"}, output[-3000:]
+    runs = read_runs(exp)
+    assert runs["fails"]["exit_code"] == 3 and runs["works"]["exit_code"] == 0  # the database's own records
+    [failed] = log_entries(exp, "POLL_FAILED")
+    assert "the accounting database (slurmdbd) does not answer" in failed.description
+    assert len(log_entries(exp, "POLL_RECOVERED")) == 1
+    changes = [(e.fields["Previous"], e.fields["Current"]) for e in log_entries(exp, "STATE_CHANGE")]
+    assert not [c for c in changes if c[1] in ("LOST", "UNKNOWN")], changes
+    assert "the accounting database (slurmdbd) unreachable" in output and "! no answer from the scheduler" in output
+
+
+def test_slurmdbd_down_falls_back_to_the_completion_file(on_accounting, tmp_path):
+    exp = tmp_path / "exp"
+    make_run(exp, "fails", "sleep 2\nexit 3")
+    make_run(exp, "works", "sleep 2")
+    run_experiment(exp, executor="slurm", detach=True, poll=POLL, live=False, out=io.StringIO())
+    ids = [run["job_id"] for run in read_runs(exp).values()]
+    kill_daemon(ACCT_DIR / "run" / "slurmdbd.pid")
+    try:
+        wait_purged(ids, on_accounting)
+        final = run_experiment(exp, executor="slurm", resume=True, poll=POLL, lost_after=3, live=False, out=io.StringIO())
+    finally:
+        start = subprocess.run([str(SLURM_LOCAL), "start", "--accounting"], capture_output=True, text=True,
+                               env=on_accounting, timeout=300)
+    assert start.returncode == 0, start.stderr
+    assert final == {"fails": "FAILED", "works": "COMPLETED"}
+    runs = read_runs(exp)
+    assert runs["fails"]["exit_code"] == 3 and runs["works"]["exit_code"] == 0
+    assert not log_entries(exp, "POLL_FAILED")  # `sacct -c` answered in the same poll
