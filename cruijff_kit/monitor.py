@@ -14,6 +14,7 @@ What it keeps where:
   MaxSubmitJobsPerUser refused it: the run is WAITING, not failed, and is submitted again at each
   poll until a slot frees), STATE_CHANGE, ALL_SUBMITTED (or SUBMIT_INCOMPLETE,
   with the counts), ALL_COMPLETE (once, when the last job has ended), DETACH, RESUME, RERUN,
+  REQUEUED (a job SLURM put back in the queue after it ran: same job id, not a failure),
   POLL_FAILED / POLL_RECOVERED (the scheduler or its database stopped / started answering: states
   stay as last seen meanwhile, nothing is marked failed or resubmitted; the live table says so) and
   every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, RETRY_NODE_FAIL
@@ -60,6 +61,8 @@ LOCAL_STATE_DIR = ".ck-local-jobs"
 SUMMARY_NAME = "experiment_summary.md"
 JOBS_HEADING = "Jobs"
 DEFAULT_POLL = 15.0
+RAN_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED"})
+REQUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD"})  # back in the queue after it ran: SLURM requeued it
 CLOCK_SLACK = 60.0  # seconds a scheduler's submit time may lag our clock (login node vs controller)
 
 
@@ -559,6 +562,13 @@ class Monitor:
                  extra={"Job ID": run.job_id, "Previous": previous, "Current": run.state})
         self.display.message(f"{_clock()} {name}: job {run.job_id} {previous} -> {run.state}"
                              + (f" (exit {info.exit_code})" if info.exit_code not in (None, 0) else ""))
+        if previous in RAN_STATES and run.state in REQUEUED_STATES:
+            self.log("REQUEUED", f"{name} job {run.job_id} was requeued by SLURM", command=f"{self.executor.name} poll",
+                     result=f"{previous} -> {run.state}", extra={"Job ID": run.job_id},
+                     explanation="a node failure, preemption or `scontrol requeue`: the same job starts again after "
+                                 "SLURM's requeue delay and resumes from its last epoch checkpoint; not a failure")
+            self.display.message(f"{_clock()} {name}: job {run.job_id} requeued by SLURM (node failure, preemption or "
+                                 "scontrol requeue); it resumes from its last epoch checkpoint")
         if is_terminal(run.state) and run.state != "COMPLETED":
             self._report_failure(name, run, job)
         return True

@@ -208,3 +208,92 @@ def test_slurmdbd_down_falls_back_to_the_completion_file(on_accounting, tmp_path
     runs = read_runs(exp)
     assert runs["fails"]["exit_code"] == 3 and runs["works"]["exit_code"] == 0
     assert not log_entries(exp, "POLL_FAILED")  # `sacct -c` answered in the same poll
+
+
+# ---------------------------------------------------------------- a node lost mid-training (multi-node cluster)
+
+
+def power_off(namespace: str) -> list[int]:
+    """Every process of the node (its slurmd, the job's slurmstepd and training processes): SIGKILL, as a
+    node that loses power; nothing of it answers or writes again."""
+    pids = [int(p) for p in subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True,
+                                           check=True).stdout.split()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def squeue_field(job_id: str, field: str, env: dict) -> str:
+    return subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", field], capture_output=True, text=True,
+                          env=env, timeout=30).stdout.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_node_lost_mid_training_is_requeued_and_resumes_on_the_node_left(tmp_path, two_nodes):  # noqa: F811
+    from test_scaleout_runs import ck_env, design_and_scaffold
+
+    env = ck_env(tmp_path, SLURM_CONF=two_nodes["SLURM_CONF"])
+    exp = design_and_scaffold(tmp_path, env, "nodeloss", "--N", "800", "--val-size", "32", "--epochs", "2",
+                              "--max-steps-per-epoch", "30")
+    out_dir = tmp_path / "scratch" / "ck-outputs" / "nodeloss" / "ck-out-parity_run"
+
+    def metrics() -> list[dict]:
+        path = out_dir / "logs" / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def scontrol_node(node: str, state: str) -> None:
+        done = subprocess.run(["scontrol", "update", f"nodename={node}", f"state={state}", "reason=ck-test-placement"],
+                              capture_output=True, text=True, env=two_nodes, timeout=30)
+        assert done.returncode == 0, done.stderr
+
+    scontrol_node("node1", "drain")  # parity_run (submitted first: --max-submit 1) starts on node2
+    monitor_log = (tmp_path / "ck-run.out").open("w")
+    monitor = subprocess.Popen([*CK, "run", str(exp), "--executor", "slurm", "--poll", str(POLL), "--max-submit", "1",
+                                "--no-live"], env=env, cwd=tmp_path, stdout=monitor_log, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_until(lambda: (exp / STATE_NAME).exists() and read_runs(exp).get("parity_run", {}).get("job_id"),
+                       120, "parity_run's job")
+            job_id = read_runs(exp)["parity_run"]["job_id"]
+            wait_until(lambda: squeue_field(job_id, "%T %N", two_nodes) == "RUNNING node2", 120, "the job on node2")
+        finally:
+            scontrol_node("node1", "resume")
+        wait_until(lambda: any(e["event"] == "train" and e["epoch"] == 1 for e in metrics()), 600, "epoch 1 to train",
+                   step=0.1)
+        assert (out_dir / "epoch_0").exists() and not (out_dir / "epoch_1").exists()
+        before_loss = metrics()
+        lost_at, lost_clock = time.monotonic(), time.strftime("%H:%M:%S")
+        assert power_off("ck-node2")
+        assert monitor.wait(timeout=900) == 0, (tmp_path / "ck-run.out").read_text()[-3000:]
+        recovered_s = time.monotonic() - lost_at
+    finally:
+        if monitor.poll() is None:
+            monitor.kill()
+        monitor_log.close()
+        back = subprocess.run([str(SLURM_LOCAL), "start", "--nodes", "2"], capture_output=True, text=True, timeout=300)
+    assert back.returncode == 0, back.stderr
+
+    runs = read_runs(exp)
+    assert {name: run["state"] for name, run in runs.items()} == {"parity_run": "COMPLETED", "probabilistic_run": "COMPLETED"}
+    assert runs["parity_run"]["job_id"] == job_id and not runs["parity_run"]["attempts"]  # requeued, not resubmitted
+    # the scheduler's record of the job: NODE_FAIL on node2, then COMPLETED on node1
+    incarnations = subprocess.run(["sacct", "-c", "-n", "-P", "-j", job_id, "-o", "State,NodeList"], capture_output=True,
+                                  text=True, env=two_nodes, timeout=30).stdout.split()
+    assert incarnations == ["NODE_FAIL|node2", "COMPLETED|node1"], incarnations
+    log = (out_dir / f"slurm-{job_id}.out").read_text()
+    assert "epoch checkpoints found: resume" in log, log[-3000:]
+    after = metrics()
+    steps = [e["step"] for e in after if e["event"] == "train"]
+    assert steps == sorted(set(steps)), "a step is in metrics.jsonl twice"
+    assert [e for e in after if e["epoch"] == 0] == [e for e in before_loss if e["epoch"] == 0]
+    assert after[-1]["event"] == "end" and after[-1]["steps"] == 60
+    [requeued] = log_entries(exp, "REQUEUED")
+    assert requeued.fields["Job ID"] == job_id
+    assert f"parity_run: job {job_id} requeued by SLURM" in (tmp_path / "ck-run.out").read_text()
+    assert not [e for e in explog.read_log(exp, "run") if e.action.startswith(("JOB_", "RETRY", "SUBMIT_FAILED"))]
+    print(f"\nnode loss: job {job_id} lost at step {max(e['step'] for e in before_loss if e['event'] == 'train')}; "
+          f"node2 powered off at {lost_clock}; `ck run` done {recovered_s:.0f} s later")
