@@ -182,9 +182,20 @@ class SubmitLimited(SubmitError):
     MaxSubmitJobs cap): submitting it again when one of the user's jobs has ended will work.
     `limit` names the limit (SLURM's reason, e.g. QOSMaxSubmitJobPerUserLimit)."""
 
+    reason = "a scheduler submit limit"
+    retry_when = "a job ends"
+
     def __init__(self, message: str, limit: str):
         super().__init__(message)
         self.limit = limit
+
+
+class SchedulerUnreachable(SubmitLimited):
+    """sbatch could not connect to the controller (connection refused: nothing was submitted; a timed-out
+    sbatch is not this, its job may exist): submitting again when the controller is back will work."""
+
+    reason = "the scheduler (slurmctld) does not answer"
+    retry_when = "the scheduler answers again"
 
 
 # sbatch's words for "too many of your jobs are queued": the QOS / association submit caps
@@ -193,7 +204,10 @@ SUBMIT_LIMIT_RE = re.compile(r"\b(QOSMaxSubmitJob\w*|AssocMaxSubmitJob\w*|AssocG
 
 
 def submit_refusal(message: str) -> SubmitError:
-    """SubmitLimited when the refusal is a submit cap (wait and retry), else SubmitError (a failure)."""
+    """SubmitLimited when the refusal is a submit cap or the controller could not be reached (wait and
+    retry), else SubmitError (a failure)."""
+    if "Unable to contact slurm controller (connect failure)" in message:
+        return SchedulerUnreachable(message, "scheduler unreachable")
     m = SUBMIT_LIMIT_RE.search(message)
     return SubmitLimited(message, m.group(1) or "submit limit") if m else SubmitError(message)
 

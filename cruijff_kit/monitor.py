@@ -401,18 +401,19 @@ class Monitor:
         return True
 
     def _wait_for_slot(self, name: str, run: RunState, exc: SubmitLimited, command: str) -> None:
-        """A submit cap refused the job: the run waits (no job, not a failure) and is submitted again
-        at a later poll; logged once each time a run starts waiting."""
-        first = run.state != WAITING
-        run.state, run.message, run.submit_intent = WAITING, f"{exc.limit}: submitted when a job ends", None
+        """A submit cap refused the job, or the controller could not be reached: the run waits (no job,
+        not a failure) and is submitted again at a later poll; logged once each time a run starts waiting
+        or waits for another reason."""
+        first = run.state != WAITING or not run.message.startswith(f"{exc.limit}:")
+        run.state, run.message, run.submit_intent = WAITING, f"{exc.limit}: submitted when {exc.retry_when}", None
         run.exit_code = run.running_since = run.ended_at = None
         self.state.save()
         if first:
             live = len(self.live_runs())
-            self.log("SUBMIT_WAIT", f"{name} waits for a free submit slot ({exc.limit})", command=command,
-                     result=str(exc), explanation=f"a scheduler submit limit, not a failure: {live} job(s) of this "
+            self.log("SUBMIT_WAIT", f"{name} waits to be submitted ({exc.limit})", command=command,
+                     result=str(exc), explanation=f"{exc.reason}, not a failure: {live} job(s) of this "
                                                   "experiment are queued or running; retried at every poll until accepted")
-            self.display.message(f"{_clock()} {name}: WAITING: {exc.limit} ({live} live job(s)); retried as jobs end")
+            self.display.message(f"{_clock()} {name}: WAITING: {exc.limit} ({live} live job(s)); retried when {exc.retry_when}")
 
     @staticmethod
     def _record_job(run: RunState, job_id: str, submitted_at: float) -> None:

@@ -135,6 +135,38 @@ def test_slurmctld_stopped_and_restarted_while_jobs_run(tmp_path):
     assert "polling works again after" in output
 
 
+def test_a_run_waiting_under_a_qos_cap_stays_waiting_while_slurmctld_is_down(on_accounting, tmp_path):
+    """Under a QOS cap of 2 the third run WAITs and is offered to sbatch at every poll; while the controller is
+    down sbatch cannot connect: that is a wait, not SUBMIT_FAILED, and the run is submitted once it is back."""
+    exp = tmp_path / "exp"
+    names = ["q1", "q2", "q3"]
+    for name in names:
+        make_run(exp, name, "#SBATCH --qos=capped\nsleep 25")
+    monitor = MonitorThread(exp)
+    monitor.start()
+    wait_until(lambda: (exp / STATE_NAME).exists() and sorted(r["state"] for r in read_runs(exp).values())
+               == ["RUNNING", "RUNNING", "WAITING"], 60, "two jobs running and one run waiting")
+    kill_daemon(ACCT_DIR / "run" / "slurmctld.pid")
+    try:
+        wait_until(lambda: any("scheduler unreachable" in r["message"] for r in read_runs(exp).values()), 90,
+                   "a submission to fail to connect")
+        [waiting] = [name for name, run in read_runs(exp).items() if run["state"] == "WAITING"]
+        assert read_runs(exp)[waiting]["job_id"] is None
+    finally:
+        start = subprocess.run([str(SLURM_LOCAL), "start", "--accounting"], capture_output=True, text=True,
+                               env=on_accounting, timeout=300)
+    assert start.returncode == 0, start.stderr
+    monitor.join(timeout=240)
+    assert not monitor.is_alive() and monitor.error is None, monitor.error
+    assert monitor.final == {name: "COMPLETED" for name in names}, monitor.out.getvalue()[-3000:]
+    runs = read_runs(exp)
+    assert len({run["job_id"] for run in runs.values()}) == 3 and not any(run["attempts"] for run in runs.values())
+    assert len(log_entries(exp, "SUBMIT_JOB")) == 3 and not log_entries(exp, "SUBMIT_FAILED")
+    waits = [e.description for e in log_entries(exp, "SUBMIT_WAIT")]
+    assert f"{waiting} waits to be submitted (scheduler unreachable)" in waits, waits
+    assert "retried when the scheduler answers again" in monitor.out.getvalue()
+
+
 # ---------------------------------------------------------------- slurmdbd down while jobs end
 
 
@@ -233,12 +265,20 @@ def squeue_field(job_id: str, field: str, env: dict) -> str:
 
 @pytest.mark.slow
 @pytest.mark.training
-def test_node_lost_mid_training_is_requeued_and_resumes_on_the_node_left(tmp_path, two_nodes):  # noqa: F811
+@pytest.mark.parametrize("requeue", [True, False], ids=["slurm-requeues", "policy-resubmits"])
+def test_node_lost_mid_training_resumes_on_the_node_left(tmp_path, two_nodes, requeue):  # noqa: F811
+    """A scaffolded job is `--requeue`: SLURM requeues it itself (same job id). One that is not (a site
+    that forbids requeue) ends NODE_FAIL and the retry policy resubmits it (a new job, RETRY_NODE_FAIL).
+    Either way it resumes from its last epoch checkpoint on the node that is left."""
     from test_scaleout_runs import ck_env, design_and_scaffold
 
     env = ck_env(tmp_path, SLURM_CONF=two_nodes["SLURM_CONF"])
     exp = design_and_scaffold(tmp_path, env, "nodeloss", "--N", "800", "--val-size", "32", "--epochs", "2",
                               "--max-steps-per-epoch", "30")
+    script = exp / "parity_run" / "finetune.slurm"
+    assert "#SBATCH --requeue\n" in script.read_text()
+    if not requeue:
+        script.write_text(script.read_text().replace("#SBATCH --requeue\n", "#SBATCH --no-requeue\n"))
     out_dir = tmp_path / "scratch" / "ck-outputs" / "nodeloss" / "ck-out-parity_run"
 
     def metrics() -> list[dict]:
@@ -279,21 +319,30 @@ def test_node_lost_mid_training_is_requeued_and_resumes_on_the_node_left(tmp_pat
 
     runs = read_runs(exp)
     assert {name: run["state"] for name, run in runs.items()} == {"parity_run": "COMPLETED", "probabilistic_run": "COMPLETED"}
-    assert runs["parity_run"]["job_id"] == job_id and not runs["parity_run"]["attempts"]  # requeued, not resubmitted
-    # the scheduler's record of the job: NODE_FAIL on node2, then COMPLETED on node1
-    incarnations = subprocess.run(["sacct", "-c", "-n", "-P", "-j", job_id, "-o", "State,NodeList"], capture_output=True,
-                                  text=True, env=two_nodes, timeout=30).stdout.split()
-    assert incarnations == ["NODE_FAIL|node2", "COMPLETED|node1"], incarnations
-    log = (out_dir / f"slurm-{job_id}.out").read_text()
+    final_job = runs["parity_run"]["job_id"]
+    records = {j: subprocess.run(["sacct", "-c", "-n", "-P", "-j", j, "-o", "State,NodeList"], capture_output=True,
+                                 text=True, env=two_nodes, timeout=30).stdout.split() for j in {job_id, final_job}}
+    if requeue:  # the scheduler's record of the one job: NODE_FAIL on node2, then COMPLETED on node1
+        assert final_job == job_id and not runs["parity_run"]["attempts"]  # requeued, not resubmitted
+        assert records[job_id] == ["NODE_FAIL|node2", "COMPLETED|node1"], records
+        [requeued] = log_entries(exp, "REQUEUED")
+        assert requeued.fields["Job ID"] == job_id
+        assert f"parity_run: job {job_id} requeued by SLURM" in (tmp_path / "ck-run.out").read_text()
+        assert not [e for e in explog.read_log(exp, "run") if e.action.startswith(("JOB_", "RETRY", "SUBMIT_FAILED"))]
+    else:  # ended NODE_FAIL; the retry policy gave the run one new job
+        assert final_job != job_id and runs["parity_run"]["node_fail_retries"] == 1
+        assert [a["state"] for a in runs["parity_run"]["attempts"]] == ["NODE_FAIL"]
+        assert records == {job_id: ["NODE_FAIL|node2"], final_job: ["COMPLETED|node1"]}, records
+        [retry] = log_entries(exp, "RETRY_NODE_FAIL")
+        assert retry.fields["Job ID"] == job_id and "resumes from its last epoch checkpoint" in retry.fields["Explanation"]
+        assert not log_entries(exp, "REQUEUED")
+    assert len([e for e in log_entries(exp, "SUBMIT_JOB") if "parity_run" in e.description]) == (1 if requeue else 2)
+    log = (out_dir / f"slurm-{final_job}.out").read_text()
     assert "epoch checkpoints found: resume" in log, log[-3000:]
     after = metrics()
     steps = [e["step"] for e in after if e["event"] == "train"]
     assert steps == sorted(set(steps)), "a step is in metrics.jsonl twice"
     assert [e for e in after if e["epoch"] == 0] == [e for e in before_loss if e["epoch"] == 0]
     assert after[-1]["event"] == "end" and after[-1]["steps"] == 60
-    [requeued] = log_entries(exp, "REQUEUED")
-    assert requeued.fields["Job ID"] == job_id
-    assert f"parity_run: job {job_id} requeued by SLURM" in (tmp_path / "ck-run.out").read_text()
-    assert not [e for e in explog.read_log(exp, "run") if e.action.startswith(("JOB_", "RETRY", "SUBMIT_FAILED"))]
     print(f"\nnode loss: job {job_id} lost at step {max(e['step'] for e in before_loss if e['event'] == 'train')}; "
           f"node2 powered off at {lost_clock}; `ck run` done {recovered_s:.0f} s later")
