@@ -108,14 +108,18 @@ def test_slurmctld_stopped_and_restarted_while_jobs_run(tmp_path):
     stopped_at = time.monotonic()
     try:
         wait_until(lambda: log_entries(exp, "POLL_FAILED"), 90, "the monitor to notice")
+        noticed_s = time.monotonic() - stopped_at
         while time.monotonic() - stopped_at < 25:  # the outage: the monitor keeps polling, the state file stays whole
             runs = assert_no_false_end(exp)
             assert {name: run["job_id"] for name, run in runs.items()} == ids
             assert monitor.is_alive()
             time.sleep(0.5)
     finally:
+        restarted_at = time.monotonic()
         start = slurm_local("start", timeout=120)
     assert start.returncode == 0, start.stderr
+    wait_until(lambda: log_entries(exp, "POLL_RECOVERED") or not monitor.is_alive(), 120, "the monitor to carry on")
+    carried_on_s = time.monotonic() - restarted_at
     monitor.join(timeout=180)
     assert not monitor.is_alive() and monitor.error is None, monitor.error
     output = monitor.out.getvalue()
@@ -133,6 +137,8 @@ def test_slurmctld_stopped_and_restarted_while_jobs_run(tmp_path):
     assert "the scheduler (slurmctld) unreachable, states kept as last seen" in output
     assert "! no answer from the scheduler since" in output  # the live table says so while it lasts
     assert "polling works again after" in output
+    print(f"\nslurmctld down {restarted_at - stopped_at:.0f} s: first failed poll logged {noticed_s:.0f} s after the stop; "
+          f"'{recovered.description}' ({carried_on_s:.0f} s after the restart began)")
 
 
 def test_a_run_waiting_under_a_qos_cap_stays_waiting_while_slurmctld_is_down(on_accounting, tmp_path):
@@ -220,6 +226,7 @@ def test_slurmdbd_down_while_jobs_end_is_waited_out_never_a_false_failure(withou
     changes = [(e.fields["Previous"], e.fields["Current"]) for e in log_entries(exp, "STATE_CHANGE")]
     assert not [c for c in changes if c[1] in ("LOST", "UNKNOWN")], changes
     assert "the accounting database (slurmdbd) unreachable" in output and "! no answer from the scheduler" in output
+    print(f"\nslurmdbd down: '{log_entries(exp, 'POLL_RECOVERED')[0].description}'; no run LOST with --lost-after 3")
 
 
 def test_slurmdbd_down_falls_back_to_the_completion_file(on_accounting, tmp_path):
