@@ -371,6 +371,7 @@ class SlurmExecutor(Executor):
     def __init__(self, timeout: float = 60.0):
         self.timeout = timeout
         self._sacct_mode: str | None = None  # "db" or "jobcomp" once known (sacct_mode())
+        self._database_was_away = False  # sacct could not reach slurmdbd, and sdiag has not said it caught up since
         self.query_count = 0  # scheduler commands run by states(); the benchmark reads it
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -453,7 +454,9 @@ class SlurmExecutor(Executor):
     def _sacct(self, ids: list[str]) -> dict[str, JobInfo]:
         """One sacct for the ids squeue no longer knows: the database if there is one; `sacct -c` only
         when there is none, or (a second query) when slurmdbd does not answer. With the database down,
-        ids the completion file does not know either raise CkError (no answer), never UNKNOWN."""
+        ids the completion file does not know either raise CkError (no answer), never UNKNOWN; so does the
+        database's answer while the controller still queues records for it (`sdiag`, asked only when the
+        answer lacks an id or slurmdbd was away: then the answer may be missing jobs or half a record)."""
         base = ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=" + ",".join(ids),
                 "--format=JobID,State,ExitCode,Start,End"]
         mode = self.sacct_mode()
@@ -461,7 +464,16 @@ class SlurmExecutor(Executor):
             self.query_count += 1
             proc = self._run(base)
             if proc.returncode == 0:
-                return self._parse_sacct(proc.stdout, ids)
+                found = self._parse_sacct(proc.stdout, ids)
+                if (self._database_was_away or len(found) < len(ids)) and (queued := self._records_queued_for_database()):
+                    # the controller still holds records for slurmdbd (it was away): the database's answer may be
+                    # missing jobs or have half of one (FAILED with exit code 0 until the rest arrives): not yet
+                    raise CkError("sacct", ",".join(ids[:3]), "the accounting database has not caught up yet "
+                                  f"({queued} record(s) still queued at the controller for slurmdbd)",
+                                  "wait: the controller sends them as slurmdbd takes them (`sdiag`: DBD Agent queue size)")
+                self._database_was_away = False
+                return found
+            self._database_was_away = True
             db_error = " ".join(proc.stderr.split()) or f"sacct exited {proc.returncode}"
         self.query_count += 1
         proc = self._run(base + ["--completion"])
@@ -473,6 +485,14 @@ class SlurmExecutor(Executor):
                           "and the job-completion file does not know these jobs",
                           "check slurmdbd: `sacctmgr show cluster` or `scripts/slurm-local status`")
         return found
+
+    def _records_queued_for_database(self) -> int:
+        """How many accounting records the controller holds for slurmdbd (`sdiag`: DBD Agent queue size);
+        0 when it has none or does not say."""
+        self.query_count += 1
+        proc = self._run(["sdiag"])
+        m = re.search(r"^DBD Agent queue size:\s*(\d+)", proc.stdout, flags=re.M)
+        return int(m.group(1)) if proc.returncode == 0 and m else 0
 
     def usage(self, job_ids: list[str]) -> dict[str, JobUsage]:
         """One sacct (database only: the completion file keeps no usage) for elapsed, CPU/GPU-hours, max RSS."""

@@ -349,6 +349,7 @@ class Monitor:
         self._summary_body: str | None = None
         self._poll_error: str | None = None
         self._poll_failing_since: float | None = None
+        self._poll_failing_part = ""
 
     # -- logging
 
@@ -519,7 +520,7 @@ class Monitor:
         resubmitted) and the next poll asks again. Logged once per outage; the live table says it."""
         if self._poll_error is None:
             self._poll_failing_since = time.time()
-            what = unreachable_part(err)
+            what = self._poll_failing_part = unreachable_part(err)
             self.log("POLL_FAILED", f"{what} does not answer; retrying every poll", command=f"{self.executor.name} poll",
                      result=str(err), explanation="states are kept as last seen; nothing is marked failed or "
                                                   "resubmitted while it does not answer")
@@ -540,7 +541,7 @@ class Monitor:
         if self._poll_error is None:
             return ""
         since = self._poll_failing_since or time.time()
-        return (f"! no answer from the scheduler since {_dt.datetime.fromtimestamp(since).strftime('%H:%M:%S')} "
+        return (f"! no answer from {self._poll_failing_part} since {_dt.datetime.fromtimestamp(since).strftime('%H:%M:%S')} "
                 f"({time.time() - since:.0f} s): states as last seen, retrying every poll")
 
     def _apply(self, name: str, run: RunState, job: Job, info: JobInfo, now: float) -> bool:
