@@ -196,9 +196,20 @@ class SubmitLimited(SubmitError):
     MaxSubmitJobs cap): submitting it again when one of the user's jobs has ended will work.
     `limit` names the limit (SLURM's reason, e.g. QOSMaxSubmitJobPerUserLimit)."""
 
+    reason = "a scheduler submit limit"
+    retry_when = "a job ends"
+
     def __init__(self, message: str, limit: str):
         super().__init__(message)
         self.limit = limit
+
+
+class SchedulerUnreachable(SubmitLimited):
+    """sbatch could not connect to the controller (connection refused: nothing was submitted; a timed-out
+    sbatch is not this, its job may exist): submitting again when the controller is back will work."""
+
+    reason = "the scheduler (slurmctld) does not answer"
+    retry_when = "the scheduler answers again"
 
 
 # sbatch's words for "too many of your jobs are queued": the QOS / association submit caps
@@ -207,7 +218,10 @@ SUBMIT_LIMIT_RE = re.compile(r"\b(QOSMaxSubmitJob\w*|AssocMaxSubmitJob\w*|AssocG
 
 
 def submit_refusal(message: str) -> SubmitError:
-    """SubmitLimited when the refusal is a submit cap (wait and retry), else SubmitError (a failure)."""
+    """SubmitLimited when the refusal is a submit cap or the controller could not be reached (wait and
+    retry), else SubmitError (a failure)."""
+    if "Unable to contact slurm controller (connect failure)" in message:
+        return SchedulerUnreachable(message, "scheduler unreachable")
     m = SUBMIT_LIMIT_RE.search(message)
     return SubmitLimited(message, m.group(1) or "submit limit") if m else SubmitError(message)
 
@@ -407,6 +421,7 @@ class SlurmExecutor(Executor):
     def __init__(self, timeout: float = 60.0):
         self.timeout = timeout
         self._sacct_mode: str | None = None  # "db" or "jobcomp" once known (sacct_mode())
+        self._database_was_away = False  # sacct could not reach slurmdbd, and sdiag has not said it caught up since
         self.query_count = 0  # scheduler commands run by states(); the benchmark reads it
 
     def _run(self, argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -496,7 +511,10 @@ class SlurmExecutor(Executor):
 
     def _sacct(self, ids: list[str]) -> dict[str, JobInfo]:
         """One sacct for the ids squeue no longer knows: the database if there is one; `sacct -c` only
-        when there is none, or (a second query) when slurmdbd does not answer."""
+        when there is none, or (a second query) when slurmdbd does not answer. With the database down,
+        ids the completion file does not know either raise CkError (no answer), never UNKNOWN; so does the
+        database's answer while the controller still queues records for it (`sdiag`, asked only when the
+        answer lacks an id or slurmdbd was away: then the answer may be missing jobs or half a record)."""
         base = ["sacct", "--noheader", "--parsable2", "--allocations", "--jobs=" + ",".join(ids),
                 "--format=JobID,State,ExitCode,Start,End"]
         mode = self.sacct_mode()
@@ -504,16 +522,35 @@ class SlurmExecutor(Executor):
             self.query_count += 1
             proc = self._run(base)
             if proc.returncode == 0:
-                return self._parse_sacct(proc.stdout, ids)
+                found = self._parse_sacct(proc.stdout, ids)
+                if (self._database_was_away or len(found) < len(ids)) and (queued := self._records_queued_for_database()):
+                    # the controller still holds records for slurmdbd (it was away): the database's answer may be
+                    # missing jobs or have half of one (FAILED with exit code 0 until the rest arrives): not yet
+                    raise CkError("sacct", ",".join(ids[:3]), "the accounting database has not caught up yet "
+                                  f"({queued} record(s) still queued at the controller for slurmdbd)",
+                                  "wait: the controller sends them as slurmdbd takes them (`sdiag`: DBD Agent queue size)")
+                self._database_was_away = False
+                return found
+            self._database_was_away = True
             db_error = " ".join(proc.stderr.split()) or f"sacct exited {proc.returncode}"
         self.query_count += 1
         proc = self._run(base + ["--completion"])
-        if proc.returncode == 0:
-            return self._parse_sacct(proc.stdout, ids)
-        if mode == "db":  # no answer is not "unknown": the monitor keeps the states it has and asks again
-            raise CkError("sacct", ",".join(ids[:3]), f"the accounting database does not answer ({db_error})",
+        found = self._parse_sacct(proc.stdout, ids) if proc.returncode == 0 else {}
+        if mode == "db" and len(found) < len(ids):
+            # no answer is not "unknown" (which becomes LOST): the monitor keeps the states it has and asks again
+            unknown = [j for j in ids if j not in found]
+            raise CkError("sacct", ",".join(unknown[:3]), f"the accounting database does not answer ({db_error}) "
+                          "and the job-completion file does not know these jobs",
                           "check slurmdbd: `sacctmgr show cluster` or `scripts/slurm-local status`")
-        return {}
+        return found
+
+    def _records_queued_for_database(self) -> int:
+        """How many accounting records the controller holds for slurmdbd (`sdiag`: DBD Agent queue size);
+        0 when it has none or does not say."""
+        self.query_count += 1
+        proc = self._run(["sdiag"])
+        m = re.search(r"^DBD Agent queue size:\s*(\d+)", proc.stdout, flags=re.M)
+        return int(m.group(1)) if proc.returncode == 0 and m else 0
 
     def usage(self, job_ids: list[str]) -> dict[str, JobUsage]:
         """One sacct (database only: the completion file keeps no usage) for elapsed, CPU/GPU-hours, max RSS."""

@@ -14,7 +14,10 @@ What it keeps where:
   MaxSubmitJobsPerUser refused it: the run is WAITING, not failed, and is submitted again at each
   poll until a slot frees), SUBMIT_ARRAY (with --array: runs of one shape submitted as one job
   array; a SUBMIT_JOB per task follows, its job id JOBID_i), STATE_CHANGE, ALL_SUBMITTED (or SUBMIT_INCOMPLETE,
-  with the counts), ALL_COMPLETE (once, when the last job has ended), DETACH, RESUME, RERUN and
+  with the counts), ALL_COMPLETE (once, when the last job has ended), DETACH, RESUME, RERUN,
+  REQUEUED (a job SLURM put back in the queue after it ran: same job id, not a failure),
+  POLL_FAILED / POLL_RECOVERED (the scheduler or its database stopped / started answering: states
+  stay as last seen meanwhile, nothing is marked failed or resubmitted; the live table says so) and
   every error (SUBMIT_FAILED, JOB_FAILED, JOB_TIMEOUT, JOB_OOM, RETRY_OOM, RETRY_NODE_FAIL
   (the retry policy, cruijff_kit/retry.py: each retry with why), ...). `Command:` is the
   command as it was run.
@@ -54,8 +57,8 @@ from cruijff_kit import explog
 from cruijff_kit.inputs import load_json, load_yaml_mapping, read_text
 from cruijff_kit.errors import CkError
 from cruijff_kit.executors import (
-    SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SubmitError, SubmitLimited, array_script_text, array_shape,
-    first_error_lines, index_ranges, is_terminal, log_tail, make_executor, sbatch_options,
+    SCRIPT_NAME, UNKNOWN, Executor, Job, JobInfo, SchedulerUnreachable, SubmitError, SubmitLimited,
+    array_script_text, array_shape, first_error_lines, index_ranges, is_terminal, log_tail, make_executor, sbatch_options,
 )
 from cruijff_kit.fsutil import atomic_write_json, atomic_write_text
 from cruijff_kit.markdown_sections import set_section
@@ -68,6 +71,8 @@ ARRAYS_DIR = ".ck-arrays"  # the job array scripts `ck run --array` writes (one 
 SUMMARY_NAME = "experiment_summary.md"
 JOBS_HEADING = "Jobs"
 DEFAULT_POLL = 15.0
+RAN_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED"})
+REQUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD"})  # back in the queue after it ran: SLURM requeued it
 CLOCK_SLACK = 60.0  # seconds a scheduler's submit time may lag our clock (login node vs controller)
 
 
@@ -240,12 +245,12 @@ class Display:
             self.out.write(f"\x1b[{self._drawn}F\x1b[J")
             self._drawn = 0
 
-    def table(self, rows: list[dict]) -> None:
+    def table(self, rows: list[dict], notice: str = "") -> None:
         if not self.live:
             return
         if self.tty:
             self._clear()
-            lines = format_table(rows)
+            lines = format_table(rows) + ([notice] if notice else [])
             self.out.write("\n".join(lines) + "\n")
             self.out.flush()
             self._drawn = len(lines)
@@ -339,7 +344,8 @@ def run_command_line(exp_dir: Path, *, executor: str, max_submit: int | None = N
     return shlex.join(words)
 
 
-SUBMITTED, LIMITED, REFUSED = "submitted", "limited", "refused"  # outcomes of submitting a job array
+# outcomes of submitting a job array; UNREACHABLE: the controller did not answer (the runs wait)
+SUBMITTED, LIMITED, REFUSED, UNREACHABLE = "submitted", "limited", "refused", "unreachable"
 
 
 class Monitor:
@@ -352,6 +358,7 @@ class Monitor:
         self._shapes: dict[str, tuple | None] = {}
         self._array_scripts: dict[tuple, tuple[Path, list[str]]] = {}  # shape -> (script, its runs: task i = run i)
         self._submit_cap: int | None = None  # the scheduler's submit cap as far as refusals tell (None: not met)
+        self._unreachable = False  # the last single submission found no controller
         self.executor = executor
         self.poll = poll
         self.lost_after = lost_after
@@ -365,6 +372,8 @@ class Monitor:
         self.submitted_now = 0
         self._summary_body: str | None = None
         self._poll_error: str | None = None
+        self._poll_failing_since: float | None = None
+        self._poll_failing_part = ""
 
     # -- logging
 
@@ -399,6 +408,8 @@ class Monitor:
                 size = max(1, min(size, len(left), room))
                 if size == 1:
                     accepted = self.submit(left[0])
+                    if self._unreachable:
+                        return  # no controller: nothing learned about its cap; the rest wait for the next poll
                     if not accepted or self.state.runs[left[0]].job_id:  # not a refusal for another reason
                         self._learn_submit_cap(live, 1, accepted)
                     if not accepted:
@@ -406,6 +417,8 @@ class Monitor:
                     left.pop(0)
                 else:
                     outcome = self.submit_array(unit, left[:size])
+                    if outcome == UNREACHABLE:
+                        return
                     if outcome != REFUSED:
                         self._learn_submit_cap(live, size, outcome == SUBMITTED)
                     if outcome == LIMITED:
@@ -475,6 +488,11 @@ class Monitor:
             try:
                 ids = self.executor.submit_array(script, {i: self.run_dirs[name] for i, name in tasks.items()},
                                                  self.array_throttle)
+            except SchedulerUnreachable as exc:
+                for name, run in runs.items():
+                    run.array = None
+                    self._wait_for_slot(name, run, exc, command)
+                return UNREACHABLE
             except SubmitLimited:
                 for run in runs.values():
                     run.submit_intent = run.array = None
@@ -523,10 +541,13 @@ class Monitor:
             self.state.save()
             try:
                 job = self.executor.submit(run_dir, name)
+                self._unreachable = False
             except SubmitLimited as exc:
+                self._unreachable = isinstance(exc, SchedulerUnreachable)
                 self._wait_for_slot(name, run, exc, command)
                 return False
             except SubmitError as exc:
+                self._unreachable = False
                 self._submit_failed(name, run, exc, command)
                 return True
             self._record_job(run, job.id, time.time())
@@ -538,18 +559,19 @@ class Monitor:
         return True
 
     def _wait_for_slot(self, name: str, run: RunState, exc: SubmitLimited, command: str) -> None:
-        """A submit cap refused the job: the run waits (no job, not a failure) and is submitted again
-        at a later poll; logged once each time a run starts waiting."""
-        first = run.state != WAITING
-        run.state, run.message, run.submit_intent = WAITING, f"{exc.limit}: submitted when a job ends", None
+        """A submit cap refused the job, or the controller could not be reached: the run waits (no job,
+        not a failure) and is submitted again at a later poll; logged once each time a run starts waiting
+        or waits for another reason."""
+        first = run.state != WAITING or not run.message.startswith(f"{exc.limit}:")
+        run.state, run.message, run.submit_intent = WAITING, f"{exc.limit}: submitted when {exc.retry_when}", None
         run.exit_code = run.running_since = run.ended_at = None
         self.state.save()
         if first:
             live = len(self.live_runs())
-            self.log("SUBMIT_WAIT", f"{name} waits for a free submit slot ({exc.limit})", command=command,
-                     result=str(exc), explanation=f"a scheduler submit limit, not a failure: {live} job(s) of this "
+            self.log("SUBMIT_WAIT", f"{name} waits to be submitted ({exc.limit})", command=command,
+                     result=str(exc), explanation=f"{exc.reason}, not a failure: {live} job(s) of this "
                                                   "experiment are queued or running; retried at every poll until accepted")
-            self.display.message(f"{_clock()} {name}: WAITING: {exc.limit} ({live} live job(s)); retried as jobs end")
+            self.display.message(f"{_clock()} {name}: WAITING: {exc.limit} ({live} live job(s)); retried when {exc.retry_when}")
 
     @staticmethod
     def _record_job(run: RunState, job_id: str, submitted_at: float) -> None:
@@ -647,21 +669,44 @@ class Monitor:
         try:
             infos = self.executor.poll(list(jobs.values()))
         except CkError as err:  # e.g. slurmctld restarting: keep the last known states, try again next poll
-            if self._poll_error is None:
-                self.log("POLL_FAILED", "could not query the jobs' states; retrying every poll",
-                         command=f"{self.executor.name} poll", result=str(err), explanation="states are kept as last seen")
-                self.display.message(f"{_clock()} poll failed, retrying: {err}")
-            self._poll_error = str(err)
+            self._poll_failed(err)
             return
-        if self._poll_error is not None:
-            self.display.message(f"{_clock()} polling works again")
-            self._poll_error = None
         now = time.time()
+        self._poll_recovered(now)
         changed = False
         for name, job in jobs.items():
             changed |= self._apply(name, self.state.runs[name], job, infos[job.id], now)
         if changed:
             self.state.save()
+
+    def _poll_failed(self, err: CkError) -> None:
+        """No answer is not an answer: states stay as last seen (nothing becomes LOST, FAILED or is
+        resubmitted) and the next poll asks again. Logged once per outage; the live table says it."""
+        if self._poll_error is None:
+            self._poll_failing_since = time.time()
+            what = self._poll_failing_part = unreachable_part(err)
+            self.log("POLL_FAILED", f"{what} does not answer; retrying every poll", command=f"{self.executor.name} poll",
+                     result=str(err), explanation="states are kept as last seen; nothing is marked failed or "
+                                                  "resubmitted while it does not answer")
+            self.display.message(f"{_clock()} {what} unreachable, states kept as last seen; retrying every poll: {err}")
+        self._poll_error = str(err)
+
+    def _poll_recovered(self, now: float) -> None:
+        if self._poll_error is None:
+            return
+        waited = now - (self._poll_failing_since or now)
+        self.log("POLL_RECOVERED", f"polling works again after {waited:.0f} s", command=f"{self.executor.name} poll",
+                 result="answered", explanation=f"the last error was: {self._poll_error}")
+        self.display.message(f"{_clock()} polling works again after {waited:.0f} s")
+        self._poll_error = self._poll_failing_since = None
+
+    def poll_notice(self) -> str:
+        """One line for the live table while polls fail, else ''."""
+        if self._poll_error is None:
+            return ""
+        since = self._poll_failing_since or time.time()
+        return (f"! no answer from {self._poll_failing_part} since {_dt.datetime.fromtimestamp(since).strftime('%H:%M:%S')} "
+                f"({time.time() - since:.0f} s): states as last seen, retrying every poll")
 
     def _apply(self, name: str, run: RunState, job: Job, info: JobInfo, now: float) -> bool:
         if info.state == UNKNOWN:
@@ -683,6 +728,13 @@ class Monitor:
                  extra={"Job ID": run.job_id, "Previous": previous, "Current": run.state})
         self.display.message(f"{_clock()} {name}: job {run.job_id} {previous} -> {run.state}"
                              + (f" (exit {info.exit_code})" if info.exit_code not in (None, 0) else ""))
+        if previous in RAN_STATES and run.state in REQUEUED_STATES:
+            self.log("REQUEUED", f"{name} job {run.job_id} was requeued by SLURM", command=f"{self.executor.name} poll",
+                     result=f"{previous} -> {run.state}", extra={"Job ID": run.job_id},
+                     explanation="a node failure, preemption or `scontrol requeue`: the same job starts again after "
+                                 "SLURM's requeue delay and resumes from its last epoch checkpoint; not a failure")
+            self.display.message(f"{_clock()} {name}: job {run.job_id} requeued by SLURM (node failure, preemption or "
+                                 "scontrol requeue); it resumes from its last epoch checkpoint")
         if is_terminal(run.state) and run.state != "COMPLETED":
             self._report_failure(name, run, job)
         return True
@@ -755,6 +807,13 @@ class Monitor:
 
     def final_states(self) -> dict[str, str]:
         return {name: self.state.runs.get(name, RunState()).state for name, _ in self.runs}
+
+
+def unreachable_part(err: CkError) -> str:
+    """Which part of the scheduler a failed poll could not reach, in words."""
+    if err.field == "sacct":
+        return "the accounting database (slurmdbd)"
+    return "the scheduler (slurmctld)" if err.field in ("squeue", "scontrol") else f"the {err.field} query"
 
 
 def apply_info(run: RunState, info: JobInfo, now: float) -> None:
@@ -873,7 +932,7 @@ def run_experiment(exp_dir: str | os.PathLike, *, executor: str | Executor = "lo
                 return monitor.final_states()
             if not monitor.live_runs() and not monitor.unsubmitted():
                 break
-            monitor.display.table(monitor.rows())
+            monitor.display.table(monitor.rows(), monitor.poll_notice())
             _sleep(poll)
     except (KeyboardInterrupt, BrokenPipeError):
         state.save()

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from cruijff_kit.errors import CkError
 from cruijff_kit.executors import (
@@ -306,3 +307,12 @@ def test_a_killed_supervisor_is_reported_and_restarted_by_resume_queue(tmp_path)
     assert info.state == "PENDING" and "ck run --resume" in info.reason
     executor.resume_queue()
     assert wait_terminal(executor, [second.id], timeout=30)[second.id].state == "COMPLETED"
+
+
+@given(code=st.integers(0, 255), signal_number=st.integers(0, 64))
+def test_sacct_exit_codes_are_parsed_from_its_exit_signal_text(code, signal_number):
+    """sacct's ExitCode `code:signal` (the database and the completion file alike): a purged job's exit code."""
+    line = f"7|FAILED|{code}:{signal_number}|2026-12-03T09:06:29|2026-12-03T09:06:31"
+    info = SlurmExecutor._parse_sacct(line, ["7"])["7"]
+    assert info.exit_code == (128 + signal_number if code == 0 and signal_number else code)
+    assert info.ended_at - info.started_at == 2

@@ -21,15 +21,19 @@ from cruijff_kit.executors import SlurmExecutor
 from cruijff_kit.monitor import STATE_NAME, run_experiment
 from test_executors import make_run
 
+from conftest import SLURM_DIR, SLURM_INSTANCE_ENV
+
 SLURM_LOCAL = Path(__file__).resolve().parent.parent / "scripts" / "slurm-local"
-ACCT_DIR = Path("/var/lib/ck-slurm-acct")
+# beside the session's instance (CK_SLURM_DIR / CK_SLURM_PORT): its own dir and ports 20 above
+ACCT_DIR = Path(f"{SLURM_DIR}-acct")
+ACCT_PORT = str(int(SLURM_INSTANCE_ENV.get("CK_SLURM_PORT", "6817")) + 20)
 
 pytestmark = pytest.mark.slurm
 
 
 @pytest.fixture(scope="module")
 def accounting_env():
-    env = {**os.environ, "CK_SLURM_DIR": str(ACCT_DIR), "CK_SLURM_PORT": "6837", "CK_SLURM_LINK_CONF": "0",
+    env = {**os.environ, "CK_SLURM_DIR": str(ACCT_DIR), "CK_SLURM_PORT": ACCT_PORT, "CK_SLURM_LINK_CONF": "0",
            "CK_SLURM_QOS_CAP": "2", "CK_SLURM_MIN_JOB_AGE": "2"}
     proc = subprocess.run([str(SLURM_LOCAL), "start", "--accounting"], capture_output=True, text=True, env=env,
                           timeout=600)
@@ -121,7 +125,6 @@ class CountingExecutor(SlurmExecutor):
             self.per_poll.append(self.query_count - before)
 
 
-@pytest.mark.unstable
 def test_a_job_purged_from_squeue_gets_its_true_state_from_the_database(on_accounting, tmp_path):
     exp = tmp_path / "exp"
     make_run(exp, "fails", "exit 3")
