@@ -6,6 +6,7 @@
 #   ./test.sh --fast          the fast tier for every change: no SLURM, no training, nothing marked slow;
 #                             two workers (pytest-xdist), one test file per worker
 #   ./test.sh --random-order  the full suite in a shuffled order (proves the tests are independent)
+#   ./test.sh --extended      also the costly variants marked `extended` (about 4 more minutes)
 # Other arguments go to pytest.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,6 +17,7 @@ for arg in "$@"; do
   case "$arg" in
     --fast) args+=(-m "not slurm and not training and not slow" -n 2 --dist loadfile) ;;
     --random-order) args+=(--random-order) ;;
+    --extended) args+=(-m "not unstable") ;;
     *) args+=("$arg") ;;
   esac
 done

@@ -179,7 +179,7 @@ def test_two_nodes_through_ck_run_one_rank_on_each(tmp_path, two_nodes):  # noqa
 
 @pytest.mark.slow
 @pytest.mark.training
-@pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+@pytest.mark.parametrize("executor", ["local", pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark.extended])])
 def test_embedded_check_on_two_processes_passes(tmp_path, executor):
     """The embedded preset at its global batch (2 processes x 8 = 16): design, scaffold, run, summarize: PASS.
     One run at a time: two 2-process runs at once are four training processes on a 2-core CI machine (one

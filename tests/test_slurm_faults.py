@@ -271,7 +271,8 @@ def squeue_field(job_id: str, field: str, env: dict) -> str:
 
 @pytest.mark.slow
 @pytest.mark.training
-@pytest.mark.parametrize("requeue", [True, False], ids=["slurm-requeues", "policy-resubmits"])
+@pytest.mark.parametrize("requeue", [pytest.param(True, marks=pytest.mark.extended), False],
+                         ids=["slurm-requeues", "policy-resubmits"])  # SLURM's requeue + resume: also test_slurm.py
 def test_node_lost_mid_training_resumes_on_the_node_left(tmp_path, two_nodes, requeue):  # noqa: F811
     """A scaffolded job is `--requeue`: SLURM requeues it itself (same job id). One that is not (a site
     that forbids requeue) ends NODE_FAIL and the retry policy resubmits it (a new job, RETRY_NODE_FAIL).
