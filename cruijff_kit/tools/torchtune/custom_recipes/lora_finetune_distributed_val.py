@@ -64,9 +64,11 @@ def recipe_main(cfg: DictConfig) -> None:
                       "run it with torchrun --nproc_per_node N -m ... (or tune run --nproc_per_node N ...)")
     set_cpu_threads(cfg)
     init_process_group(process_group_backend(cfg.device))
-    # one line per process, so a job's log shows where each rank ran
-    print(f"lora_finetune_distributed_val: rank {dist.get_rank()} of {dist.get_world_size()} on "
-          f"{socket.gethostname()}", flush=True)
+    # one line per process, so a job's log shows where each rank ran; one write with its newline (print()
+    # writes the text and the newline apart, and the ranks share one output file: lines got glued)
+    sys.stdout.write(f"lora_finetune_distributed_val: rank {dist.get_rank()} of {dist.get_world_size()} on "
+                     f"{socket.gethostname()}\n")
+    sys.stdout.flush()
     config.log_config(recipe_name="LoRAFinetuneRecipeDistributedVal", cfg=cfg)
     recipe = LoRAFinetuneRecipeDistributedVal(cfg=cfg)
     recipe.setup(cfg=cfg)
